@@ -1,0 +1,416 @@
+"""The canonical order event, its readers, and validation that splits good events from rejects.
+
+Every channel (web shop, POS, marketplace, app, a retailer's export) ends up as
+rows of the nine fields below. Validation never drops a row silently and never
+stops a batch: each bad row becomes a :class:`Reject` with a reason, and every
+good row goes on to the rules engine.
+
+The syntax accepted for times and amounts is defined here once, as regular
+expressions, so the Python path and the SQL batch path (``tier_ml.batch``)
+accept exactly the same strings.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tier_ml.money import instant_to_micros, to_micros
+from tier_ml.policy import Policy
+
+EVENT_FIELDS = (
+    "event_id",
+    "event_type",
+    "order_id",
+    "customer_id",
+    "occurred_at",
+    "amount",
+    "currency",
+    "channel",
+    "region",
+)
+REQUIRED_FIELDS = ("event_id", "event_type", "order_id", "customer_id", "occurred_at")
+
+# ISO 8601 as tier-ml accepts it: a date, optionally a time, optionally an offset.
+# A time without an offset is UTC.
+TIME_PATTERN = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,9})?)?"
+    r"(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)?)?"
+)
+AMOUNT_PATTERN = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
+_TIME_RE = re.compile(TIME_PATTERN)
+_AMOUNT_RE = re.compile(AMOUNT_PATTERN)
+
+
+class EventType(StrEnum):
+    PLACED = "placed"
+    REFUNDED = "refunded"
+    CANCELLED = "cancelled"
+
+
+class RejectReason(StrEnum):
+    """Why an event was rejected. The codes are stable: scripts count them."""
+
+    MISSING_FIELD = "missing_field"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    UNPARSEABLE_TIME = "unparseable_time"
+    UNPARSEABLE_AMOUNT = "unparseable_amount"
+    NON_POSITIVE_AMOUNT = "non_positive_amount"
+    UNKNOWN_CURRENCY = "unknown_currency"
+    CONFLICTING_REPLAY = "conflicting_replay"
+    DUPLICATE_ORDER = "duplicate_order"
+    UNKNOWN_ORDER = "unknown_order"
+    CUSTOMER_MISMATCH = "customer_mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    """A canonical, validated order event with money and time in engine units.
+
+    ``amount_us`` is the amount in micro-units of the policy's base currency
+    (0 for a cancel, whose amount is ignored); ``at_us`` is the instant in
+    microseconds since the epoch, UTC.
+    """
+
+    event_id: str
+    event_type: EventType
+    order_id: str
+    customer_id: str
+    at_us: int
+    amount_us: int
+    channel: str = ""
+    region: str = ""
+    currency: str = ""
+    amount: float | None = None
+
+    @property
+    def occurred_at(self) -> datetime:
+        from tier_ml.money import micros_to_instant
+
+        return micros_to_instant(self.at_us)
+
+    def sort_key(self) -> tuple[int, str]:
+        """Events of one instant are applied in event_id order: deterministic, file-order free."""
+        return (self.at_us, self.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A row that could not be used, with the reason and the row as it came in."""
+
+    row: int | None
+    event_id: str | None
+    reason: RejectReason
+    detail: str
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "row": self.row,
+            "reason": str(self.reason),
+            "detail": self.detail,
+        }
+        for name in EVENT_FIELDS:
+            value = self.raw.get(name)
+            record[name] = None if _is_missing(value) else str(value)
+        return record
+
+
+@dataclass
+class Validation:
+    """The outcome of validating a batch: good events, rejects, and how many replays were ignored."""
+
+    events: list[OrderEvent]
+    rejects: list[Reject]
+    replays: int = 0
+
+
+class EventReadError(ValueError):
+    """An events file that cannot be read at all (as opposed to bad rows inside it)."""
+
+
+# --- parsing single values -------------------------------------------------------------
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    if value is pd.NaT:
+        return True
+    return isinstance(value, str) and value.strip(" ") == ""
+
+
+def _text(value: Any) -> str:
+    return "" if _is_missing(value) else str(value).strip(" ")
+
+
+def parse_instant(value: Any) -> int | None:
+    """An instant as epoch microseconds, or None when it is not ISO 8601 as accepted here."""
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if isinstance(value, datetime):
+        return instant_to_micros(value if value.tzinfo else value.replace(tzinfo=UTC))
+    if isinstance(value, date):
+        return instant_to_micros(datetime(value.year, value.month, value.day, tzinfo=UTC))
+    text = _text(value)
+    if not _TIME_RE.fullmatch(text):
+        return None
+    text = re.sub(
+        r"(\.[0-9]{6})[0-9]+", r"\1", text
+    )  # beyond microseconds: truncate, as SQL engines do
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return instant_to_micros(parsed)
+
+
+def parse_amount(value: Any) -> float | None:
+    """A finite decimal amount, or None when it is not a plain number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if math.isfinite(value) else None
+    text = _text(value)
+    if not _AMOUNT_RE.fullmatch(text):
+        return None
+    amount = float(text)
+    return amount if math.isfinite(amount) else None
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+def check_row(raw: Mapping[str, Any], policy: Policy) -> OrderEvent | tuple[RejectReason, str]:
+    """Validate one row on its own (no other rows needed): the event, or a reason and detail."""
+    for name in REQUIRED_FIELDS:
+        if _is_missing(raw.get(name)):
+            return RejectReason.MISSING_FIELD, f"{name} is missing"
+    kind = _text(raw.get("event_type")).lower()
+    if kind not in EventType.__members__.values():
+        detail = f"event_type '{_text(raw.get('event_type'))}' is not placed, refunded or cancelled"
+        return RejectReason.UNKNOWN_EVENT_TYPE, detail
+    at_us = parse_instant(raw.get("occurred_at"))
+    if at_us is None:
+        return (
+            RejectReason.UNPARSEABLE_TIME,
+            f"occurred_at '{_text(raw.get('occurred_at'))}' is not an ISO 8601 time",
+        )
+    currency = _text(raw.get("currency")).upper()
+    amount: float | None = None
+    amount_us = 0
+    if kind != EventType.CANCELLED:
+        for name in ("amount", "currency"):
+            if _is_missing(raw.get(name)):
+                return RejectReason.MISSING_FIELD, f"{name} is missing"
+        amount = parse_amount(raw.get("amount"))
+        if amount is None:
+            return (
+                RejectReason.UNPARSEABLE_AMOUNT,
+                f"amount '{_text(raw.get('amount'))}' is not a number",
+            )
+        if not amount > 0:
+            return (
+                RejectReason.NON_POSITIVE_AMOUNT,
+                f"amount '{_text(raw.get('amount'))}' must be positive",
+            )
+        rate = policy.rate(currency)
+        if rate is None:
+            return (
+                RejectReason.UNKNOWN_CURRENCY,
+                f"currency '{currency}' has no fx rate in the policy",
+            )
+        amount_us = to_micros(amount, rate)
+    return OrderEvent(
+        event_id=_text(raw.get("event_id")),
+        event_type=EventType(kind),
+        order_id=_text(raw.get("order_id")),
+        customer_id=_text(raw.get("customer_id")),
+        at_us=at_us,
+        amount_us=amount_us,
+        channel=_text(raw.get("channel")),
+        region=_text(raw.get("region")),
+        currency=currency,
+        amount=amount,
+    )
+
+
+def _content(event: OrderEvent) -> tuple[Any, ...]:
+    return (
+        event.at_us,
+        str(event.event_type),
+        event.order_id,
+        event.customer_id,
+        event.amount_us,
+        event.currency,
+        event.channel,
+        event.region,
+    )
+
+
+def validate(
+    rows: Iterable[Mapping[str, Any]], policy: Policy, as_of_us: int | None = None
+) -> Validation:
+    """Split rows into good events and rejects; rows after ``as_of_us`` are invisible.
+
+    Cross-row rules, in this order:
+    1. a repeated ``event_id`` is a replay: the copy with the smallest content is
+       kept (independent of file order); identical copies are ignored, differing
+       copies are rejected as ``conflicting_replay``;
+    2. the first ``placed`` event of an order (by time, then event_id) places it;
+       a later one is ``duplicate_order``;
+    3. a refund or cancel needs its order placed at or before it (``unknown_order``)
+       by the same customer (``customer_mismatch``).
+    """
+    rejects: list[Reject] = []
+    by_id: dict[str, list[tuple[int, OrderEvent, Mapping[str, Any]]]] = {}
+    for row_number, raw in enumerate(rows, start=1):
+        checked = check_row(raw, policy)
+        if isinstance(checked, OrderEvent):
+            if as_of_us is not None and checked.at_us > as_of_us:
+                continue
+            by_id.setdefault(checked.event_id, []).append((row_number, checked, raw))
+        else:
+            reason, detail = checked
+            if (
+                reason == RejectReason.UNPARSEABLE_TIME
+                or as_of_us is None
+                or _before(raw, as_of_us)
+            ):
+                rejects.append(
+                    Reject(row_number, _text(raw.get("event_id")) or None, reason, detail, raw)
+                )
+
+    unique: list[OrderEvent] = []
+    replays = 0
+    for copies in by_id.values():
+        copies.sort(key=lambda item: (_content(item[1]), item[0]))
+        kept = copies[0][1]
+        unique.append(kept)
+        for row_number, event, raw in copies[1:]:
+            if _content(event) == _content(kept):
+                replays += 1
+            else:
+                detail = f"event_id {event.event_id} was already used for different content"
+                rejects.append(
+                    Reject(row_number, event.event_id, RejectReason.CONFLICTING_REPLAY, detail, raw)
+                )
+    rows_of = {id(copies[0][1]): copies[0] for copies in by_id.values()}
+
+    unique.sort(key=lambda e: (e.event_type != EventType.PLACED, e.at_us, e.event_id))
+    placed: dict[str, OrderEvent] = {}
+    good: list[OrderEvent] = []
+    for event in unique:
+        row_number, _, raw = rows_of[id(event)]
+        if event.event_type == EventType.PLACED:
+            first = placed.get(event.order_id)
+            if first is None:
+                placed[event.order_id] = event
+                good.append(event)
+            else:
+                detail = f"order {event.order_id} was already placed by event {first.event_id}"
+                rejects.append(
+                    Reject(row_number, event.event_id, RejectReason.DUPLICATE_ORDER, detail, raw)
+                )
+            continue
+        order = placed.get(event.order_id)
+        if order is None or order.at_us > event.at_us:
+            detail = (
+                f"{event.event_type} event for order {event.order_id}, not placed at or before it"
+            )
+            rejects.append(
+                Reject(row_number, event.event_id, RejectReason.UNKNOWN_ORDER, detail, raw)
+            )
+        elif order.customer_id != event.customer_id:
+            detail = f"order {event.order_id} belongs to customer {order.customer_id}, not {event.customer_id}"
+            rejects.append(
+                Reject(row_number, event.event_id, RejectReason.CUSTOMER_MISMATCH, detail, raw)
+            )
+        else:
+            good.append(event)
+    rejects.sort(key=lambda r: (r.row or 0, str(r.reason)))
+    good.sort(key=OrderEvent.sort_key)
+    return Validation(events=good, rejects=rejects, replays=replays)
+
+
+def _before(raw: Mapping[str, Any], as_of_us: int) -> bool:
+    at_us = parse_instant(raw.get("occurred_at"))
+    return at_us is None or at_us <= as_of_us
+
+
+# --- readers -------------------------------------------------------------------------------
+
+FORMATS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+def detect_format(path: str | Path) -> str:
+    """The events format from a file name: csv, jsonl or parquet."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise EventReadError(
+            f"{path}: unknown events format {suffix!r}; use .csv, .jsonl or .parquet"
+        )
+    return FORMATS[suffix]
+
+
+def read_events(path: str | Path) -> pd.DataFrame:
+    """Read an events file into a frame with the canonical columns (missing ones empty).
+
+    CSV and JSON lines are read as text, so validation sees exactly what was written;
+    Parquet keeps its column types (timestamps and numbers are accepted as they are).
+    """
+    path = Path(path)
+    kind = detect_format(path)
+    if not path.is_file():
+        raise EventReadError(f"{path}: no such events file")
+    try:
+        if kind == "csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        elif kind == "jsonl":
+            frame = pd.read_json(path, lines=True, dtype=False)
+            frame = frame.astype(object).where(frame.notna(), None)
+        else:
+            frame = pd.read_parquet(path)
+    except Exception as exc:  # the parsers raise many types; the user needs one message
+        raise EventReadError(f"{path}: cannot read {kind} events: {exc}") from None
+    missing = [name for name in REQUIRED_FIELDS if name not in frame.columns]
+    if missing:
+        raise EventReadError(
+            f"{path}: missing required columns {missing}; found {list(frame.columns)}"
+        )
+    for name in EVENT_FIELDS:
+        if name not in frame.columns:
+            frame[name] = None
+    return frame[list(EVENT_FIELDS)]
+
+
+def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of an events frame as plain dicts (NaN and NaT become None)."""
+    frame = frame.astype(object).where(frame.notna(), None)
+    return frame.to_dict("records")
+
+
+def rejects_frame(rejects: Iterable[Reject]) -> pd.DataFrame:
+    """Rejects as a table: row, reason, detail and the raw fields."""
+    columns = ["row", "reason", "detail", *EVENT_FIELDS]
+    return pd.DataFrame([r.as_record() for r in rejects], columns=columns)
