@@ -19,11 +19,13 @@ same statements port to other SQL engines.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from tier_ml.events import (
@@ -37,7 +39,8 @@ from tier_ml.events import (
     rejects_frame,
 )
 from tier_ml.policy import Policy
-from tier_ml.rules import OUTPUT_COLUMNS, classify
+from tier_ml.replay_kernel import KernelResult, replay_customers
+from tier_ml.rules import classify
 
 #: Columns of the rejects table written next to a classification.
 REJECT_COLUMNS = ("row", "reason", "detail", *EVENT_FIELDS)
@@ -65,10 +68,10 @@ def connect(
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
+    con.execute("SET preserve_insertion_order = false")  # outputs are ORDER BY'd where order matters
+    con.execute(f"SET memory_limit = '{memory_limit or '2GB'}'")  # spill rather than grow past the budget
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    if memory_limit:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
     return con
 
 
@@ -125,19 +128,27 @@ def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.Data
 
 
 def _text_expr(name: str, column_type: str | None) -> str:
+    """The field as trimmed text, NULL when missing (cheap when nothing needs trimming)."""
     if column_type is None:
         return "CAST(NULL AS VARCHAR)"
-    value = f'"{name}"' if column_type == "VARCHAR" else f'CAST("{name}" AS VARCHAR)'
-    return f"nullif(trim({value}, ' '), '')"
+    c = f'"{name}"' if column_type == "VARCHAR" else f'CAST("{name}" AS VARCHAR)'
+    return (
+        f"CASE WHEN starts_with({c}, ' ') OR ends_with({c}, ' ') THEN nullif(trim({c}, ' '), '') "
+        f"WHEN {c} = '' THEN NULL ELSE {c} END"
+    )
 
 
 def _field_expr(name: str, column_type: str | None) -> str:
-    """Text of a field, and typed twins ``at_us``/``amount_num`` for time and amount."""
+    """Text of a field; for time and amount also ``*_missing`` and typed ``at_us``/``amount_num``."""
     text = f"{_text_expr(name, column_type)} AS {name}"
+    if name not in ("occurred_at", "amount"):
+        return text
+    typed = column_type is not None and column_type not in ("VARCHAR", "BOOLEAN")
+    missing = f'"{name}" IS NULL' if typed else f"{_text_expr(name, column_type)} IS NULL"
     if name == "occurred_at":
-        if column_type and column_type.startswith("TIMESTAMP"):
+        if typed and column_type.startswith("TIMESTAMP"):
             parsed = f'epoch_us("{name}")'
-        elif column_type == "DATE":
+        elif typed and column_type == "DATE":
             parsed = f'epoch_us(CAST("{name}" AS TIMESTAMP))'
         else:
             raw = _text_expr(name, column_type)
@@ -145,18 +156,19 @@ def _field_expr(name: str, column_type: str | None) -> str:
                 f"CASE WHEN regexp_full_match({raw}, {_quote(TIME_PATTERN)}) "
                 f"THEN epoch_us(TRY_CAST({raw} AS TIMESTAMPTZ)) END"
             )
-        return f"{text}, {parsed} AS at_us"
-    if name == "amount":
-        if column_type and column_type != "VARCHAR" and column_type != "BOOLEAN":
-            parsed = f'CAST("{name}" AS DOUBLE)'
-        else:
-            raw = _text_expr(name, column_type)
-            parsed = (
-                f"CASE WHEN regexp_full_match({raw}, {_quote(AMOUNT_PATTERN)}) "
-                f"THEN TRY_CAST({raw} AS DOUBLE) END"
-            )
-        return f"{text}, CASE WHEN isfinite({parsed}) THEN {parsed} END AS amount_num"
-    return text
+        return f"{text}, {missing} AS occurred_at_missing, {parsed} AS at_us"
+    if typed:
+        parsed = f'CAST("{name}" AS DOUBLE)'
+    else:
+        raw = _text_expr(name, column_type)
+        parsed = (
+            f"CASE WHEN regexp_full_match({raw}, {_quote(AMOUNT_PATTERN)}) "
+            f"THEN TRY_CAST({raw} AS DOUBLE) END"
+        )
+    return (
+        f"{text}, {missing} AS amount_missing, "
+        f"CASE WHEN isfinite({parsed}) THEN {parsed} END AS amount_num"
+    )
 
 
 # --- the SQL pipeline ---------------------------------------------------------------------------
@@ -164,12 +176,6 @@ def _field_expr(name: str, column_type: str | None) -> str:
 
 def _double(value: float) -> str:
     return f"CAST({float(value)!r} AS DOUBLE)"
-
-
-def _rate_case(policy: Policy) -> str:
-    rates = {policy.base_currency: 1.0, **policy.fx_rates}
-    whens = " ".join(f"WHEN {_quote(code)} THEN {_double(rate)}" for code, rate in rates.items())
-    return f"CASE currency {whens} END"
 
 
 def _threshold_case(policy: Policy, tier_expr: str, region_expr: str) -> str:
@@ -205,307 +211,359 @@ def _eligible_case(policy: Policy, spend: str, orders: str, region: str) -> str:
     return f"CASE {region} {regional} ELSE {ladder(None)} END"
 
 
-def _stateless_sql(policy: Policy) -> str:
-    """Per-row checks, in the same order as ``tier_ml.events.check_row``."""
-    rate = _rate_case(policy)
+# Event types as small integers, ordered like their names (cancelled < placed < refunded),
+# so ordering by the code orders like tier_ml.events orders by the name.
+CANCELLED, PLACED, REFUNDED = 0, 1, 2
+_KINDS = f"WHEN 'placed' THEN {PLACED} WHEN 'refunded' THEN {REFUNDED} WHEN 'cancelled' THEN {CANCELLED}"
+_KIND_CODE = f"CASE event_type {_KINDS} ELSE CASE lower(event_type) {_KINDS} END END"
+
+
+def _rate_sql(policy: Policy, column: str) -> str:
+    """The fx rate of ``column`` (exact code first, then upper-cased), NULL when the policy has none."""
+    rates = {policy.base_currency: 1.0, **policy.fx_rates}
+    whens = " ".join(f"WHEN {_quote(code)} THEN {_double(rate)}" for code, rate in rates.items())
+    return f"CASE {column} {whens} ELSE CASE upper({column}) {whens} END END"
+
+
+def _stateless_sql(policy: Policy, as_of_us: int) -> str:
+    """Per-row checks, in the same order as ``tier_ml.events.check_row``, into one narrow table.
+
+    Reject details are written later, only for rejected rows (see ``_rejects_sql``).
+    """
+    priced = f"kind <> {CANCELLED}"
     amount_us = f"CAST(floor(amount_num * rate * 1e6 + {_double(0.5)}) AS BIGINT)"
     return f"""
     CREATE OR REPLACE TEMP TABLE checked AS
     WITH typed AS (
-        SELECT *, lower(event_type) AS kind, upper(coalesce(currency, '')) AS currency_code
-        FROM src
-    ), rated AS (
-        SELECT *, {rate.replace("CASE currency", "CASE currency_code")} AS rate FROM typed
-    )
-    SELECT row, event_id, kind AS event_type, order_id, customer_id, at_us,
-           CASE WHEN kind = 'cancelled' THEN 0 ELSE {amount_us} END AS amount_us,
-           currency_code AS currency, coalesce(channel, '') AS channel, coalesce(region, '') AS region,
+        SELECT *, {_KIND_CODE} AS kind, {_rate_sql(policy, "currency")} AS rate FROM src
+    ), judged AS (
+        SELECT *,
            CASE
-             WHEN event_id IS NULL THEN 'missing_field'
-             WHEN event_type IS NULL THEN 'missing_field'
-             WHEN order_id IS NULL THEN 'missing_field'
-             WHEN customer_id IS NULL THEN 'missing_field'
-             WHEN occurred_at IS NULL THEN 'missing_field'
-             WHEN kind NOT IN ('placed', 'refunded', 'cancelled') THEN 'unknown_event_type'
+             WHEN event_id IS NULL OR event_type IS NULL OR order_id IS NULL OR customer_id IS NULL
+               OR occurred_at_missing THEN 'missing_field'
+             WHEN kind IS NULL THEN 'unknown_event_type'
              WHEN at_us IS NULL THEN 'unparseable_time'
-             WHEN kind <> 'cancelled' AND amount IS NULL THEN 'missing_field'
-             WHEN kind <> 'cancelled' AND currency IS NULL THEN 'missing_field'
-             WHEN kind <> 'cancelled' AND amount_num IS NULL THEN 'unparseable_amount'
-             WHEN kind <> 'cancelled' AND NOT amount_num > 0 THEN 'non_positive_amount'
-             WHEN kind <> 'cancelled' AND rate IS NULL THEN 'unknown_currency'
-           END AS reason,
-           CASE
-             WHEN event_id IS NULL THEN 'event_id is missing'
-             WHEN event_type IS NULL THEN 'event_type is missing'
-             WHEN order_id IS NULL THEN 'order_id is missing'
-             WHEN customer_id IS NULL THEN 'customer_id is missing'
-             WHEN occurred_at IS NULL THEN 'occurred_at is missing'
-             WHEN kind NOT IN ('placed', 'refunded', 'cancelled')
-               THEN 'event_type ''' || event_type || ''' is not placed, refunded or cancelled'
-             WHEN at_us IS NULL THEN 'occurred_at ''' || occurred_at || ''' is not an ISO 8601 time'
-             WHEN kind <> 'cancelled' AND amount IS NULL THEN 'amount is missing'
-             WHEN kind <> 'cancelled' AND currency IS NULL THEN 'currency is missing'
-             WHEN kind <> 'cancelled' AND amount_num IS NULL THEN 'amount ''' || amount || ''' is not a number'
-             WHEN kind <> 'cancelled' AND NOT amount_num > 0 THEN 'amount ''' || amount || ''' must be positive'
-             WHEN kind <> 'cancelled' AND rate IS NULL
-               THEN 'currency ''' || currency_code || ''' has no fx rate in the policy'
-           END AS detail
-    FROM rated
+             WHEN {priced} AND (amount_missing OR currency IS NULL) THEN 'missing_field'
+             WHEN {priced} AND amount_num IS NULL THEN 'unparseable_amount'
+             WHEN {priced} AND NOT amount_num > 0 THEN 'non_positive_amount'
+             WHEN {priced} AND rate IS NULL THEN 'unknown_currency'
+           END AS reason
+        FROM typed
+    )
+    SELECT row, event_id, CAST(kind AS TINYINT) AS event_type, order_id, customer_id, at_us,
+           CASE WHEN reason IS NULL AND {priced} THEN {amount_us} ELSE 0 END AS amount_us,
+           coalesce(region, '') AS region,
+           reason IS NULL AND at_us <= {as_of_us} AS ok,
+           reason
+    FROM judged
+    WHERE reason IS NOT NULL OR at_us <= {as_of_us}
     """
 
 
-def _ledger_sql(as_of_us: int) -> list[str]:
+def _stateless_detail_sql() -> str:
+    """The detail of a per-row reject, from the raw fields of ``src`` aliased ``s``."""
+    kind = _KIND_CODE.replace("event_type", "s.event_type")
+    q = "'''"  # a quote inside a SQL string literal
+    return f"""
+    CASE
+      WHEN s.event_id IS NULL THEN 'event_id is missing'
+      WHEN s.event_type IS NULL THEN 'event_type is missing'
+      WHEN s.order_id IS NULL THEN 'order_id is missing'
+      WHEN s.customer_id IS NULL THEN 'customer_id is missing'
+      WHEN s.occurred_at_missing THEN 'occurred_at is missing'
+      WHEN {kind} IS NULL
+        THEN 'event_type {q} || s.event_type || {q} is not placed, refunded or cancelled'
+      WHEN s.at_us IS NULL THEN 'occurred_at {q} || s.occurred_at || {q} is not an ISO 8601 time'
+      WHEN s.amount_missing THEN 'amount is missing'
+      WHEN s.currency IS NULL THEN 'currency is missing'
+      WHEN s.amount_num IS NULL THEN 'amount {q} || s.amount || {q} is not a number'
+      WHEN NOT s.amount_num > 0 THEN 'amount {q} || s.amount || {q} must be positive'
+      ELSE 'currency {q} || upper(s.currency) || {q} has no fx rate in the policy'
+    END"""
+
+
+# Content that decides which copy of a replayed event_id is kept (as in tier_ml.events).
+_CONTENT = ("at_us", "event_type", "order_id", "customer_id", "amount_us", "currency", "channel", "region")
+
+
+def _ledger_sql() -> list[str]:
     """Replays, duplicate orders and orphan refunds, as in ``tier_ml.events.validate``."""
+    content = ", ".join(_CONTENT)
+    mine = ", ".join(f"r.{c}" for c in _CONTENT)
+    first = ", ".join(f"f.{c}" for c in _CONTENT)
     return [
         f"""
-        CREATE OR REPLACE TEMP TABLE visible AS
-        SELECT * EXCLUDE (reason, detail) FROM checked WHERE reason IS NULL AND at_us <= {as_of_us}
-        """,
-        """
         CREATE OR REPLACE TEMP TABLE copies AS
-        WITH counted AS (
-            SELECT *, count(*) OVER (PARTITION BY event_id) AS n FROM visible
+        WITH candidates AS (
+            SELECT c.*, upper(coalesce(s.currency, '')) AS currency, coalesce(s.channel, '') AS channel
+            FROM checked c JOIN src s ON s.row = c.row
+            WHERE c.ok AND c.event_id IN (
+                SELECT event_id FROM checked WHERE ok GROUP BY event_id HAVING count(*) > 1)
         ), repeated AS (
-            SELECT *, row_number() OVER (
-                PARTITION BY event_id
-                ORDER BY at_us, event_type, order_id, customer_id, amount_us, currency, channel, region, row
-            ) AS copy
-            FROM counted WHERE n > 1
-        ), firsts AS (
-            SELECT * FROM repeated WHERE copy = 1
+            SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY {content}, row) AS copy
+            FROM candidates
         )
-        SELECT r.*, (r.at_us, r.event_type, r.order_id, r.customer_id, r.amount_us, r.currency,
-                     r.channel, r.region)
-                    = (f.at_us, f.event_type, f.order_id, f.customer_id, f.amount_us, f.currency,
-                       f.channel, f.region) AS same_content
-        FROM repeated r JOIN firsts f USING (event_id)
+        SELECT r.row, r.event_id, r.copy, ({mine}) = ({first}) AS same_content
+        FROM repeated r JOIN repeated f ON f.event_id = r.event_id AND f.copy = 1
         WHERE r.copy > 1
         """,
         """
-        CREATE OR REPLACE TEMP TABLE unique_events AS
-        SELECT * EXCLUDE (n) FROM (
-            SELECT *, count(*) OVER (PARTITION BY event_id) AS n FROM visible
-        ) WHERE n = 1
-        UNION ALL
-        SELECT * EXCLUDE (n, copy) FROM (
-            SELECT *, count(*) OVER (PARTITION BY event_id) AS n,
-                   row_number() OVER (
-                       PARTITION BY event_id
-                       ORDER BY at_us, event_type, order_id, customer_id, amount_us, currency,
-                                channel, region, row
-                   ) AS copy
-            FROM visible
-        ) WHERE n > 1 AND copy = 1
+        CREATE OR REPLACE TEMP VIEW unique_events AS
+        SELECT * FROM checked c
+        WHERE ok AND NOT EXISTS (SELECT 1 FROM copies d WHERE d.row = c.row)
         """,
-        """
-        CREATE OR REPLACE TEMP TABLE placed_ranked AS
-        SELECT *,
+        f"""
+        CREATE OR REPLACE TEMP TABLE placed_repeats AS
+        SELECT row, order_id, event_id,
                row_number() OVER (PARTITION BY order_id ORDER BY at_us, event_id) AS nth,
                first_value(event_id) OVER (PARTITION BY order_id ORDER BY at_us, event_id) AS first_event_id
-        FROM unique_events WHERE event_type = 'placed'
+        FROM unique_events
+        WHERE event_type = {PLACED} AND order_id IN (
+            SELECT order_id FROM unique_events WHERE event_type = {PLACED}
+            GROUP BY order_id HAVING count(*) > 1)
+        """,
+        f"""
+        CREATE OR REPLACE TEMP VIEW placed_orders AS
+        SELECT * FROM unique_events u
+        WHERE event_type = {PLACED}
+          AND NOT EXISTS (SELECT 1 FROM placed_repeats p WHERE p.row = u.row AND p.nth > 1)
         """,
         """
-        CREATE OR REPLACE TEMP TABLE orders AS
-        SELECT customer_id, order_id, event_id, at_us AS placed_at_us, amount_us AS value_us, region
-        FROM placed_ranked WHERE nth = 1
+        CREATE OR REPLACE TEMP TABLE customers AS
+        SELECT customer_id, CAST(row_number() OVER (ORDER BY customer_id) - 1 AS INTEGER) AS ckey
+        FROM (SELECT DISTINCT customer_id FROM placed_orders)
         """,
         """
-        CREATE OR REPLACE TEMP TABLE adjustments_checked AS
-        SELECT a.*, o.customer_id AS order_customer, o.placed_at_us, o.value_us,
+        CREATE OR REPLACE TEMP TABLE regions AS
+        SELECT region, CAST(row_number() OVER (ORDER BY region) - 1 AS INTEGER) AS rkey
+        FROM (SELECT DISTINCT region FROM placed_orders)
+        """,
+        f"""
+        CREATE OR REPLACE TEMP TABLE adjustments AS
+        SELECT a.row, a.event_id, a.event_type, a.order_id, a.customer_id, a.at_us, a.amount_us,
+               o.customer_id AS order_customer, o.at_us AS placed_at_us, o.amount_us AS value_us,
                CASE
-                 WHEN o.order_id IS NULL OR o.placed_at_us > a.at_us THEN 'unknown_order'
+                 WHEN o.order_id IS NULL OR o.at_us > a.at_us THEN 'unknown_order'
                  WHEN o.customer_id <> a.customer_id THEN 'customer_mismatch'
                END AS reason
-        FROM unique_events a LEFT JOIN orders o USING (order_id)
-        WHERE a.event_type <> 'placed'
+        FROM unique_events a LEFT JOIN placed_orders o ON o.order_id = a.order_id
+        WHERE a.event_type <> {PLACED}
         """,
     ]
 
 
 def _rejects_sql() -> str:
-    fields = ", ".join(EVENT_FIELDS)
+    raw_fields = ", ".join(f"s.{n}" for n in EVENT_FIELDS)
     return f"""
     CREATE OR REPLACE TEMP TABLE rejects AS
     WITH found AS (
-        SELECT row, reason, detail FROM checked
-        WHERE reason IS NOT NULL AND (at_us IS NULL OR at_us <= $as_of)
+        SELECT row, reason, NULL AS detail FROM checked WHERE reason IS NOT NULL
         UNION ALL
         SELECT row, 'conflicting_replay', 'event_id ' || event_id || ' was already used for different content'
         FROM copies WHERE NOT same_content
         UNION ALL
-        SELECT row, 'duplicate_order',
-               'order ' || order_id || ' was already placed by event ' || first_event_id
-        FROM placed_ranked WHERE nth > 1
+        SELECT row, 'duplicate_order', 'order ' || order_id || ' was already placed by event ' || first_event_id
+        FROM placed_repeats WHERE nth > 1
         UNION ALL
         SELECT row, reason,
                CASE reason
                  WHEN 'unknown_order'
-                   THEN event_type || ' event for order ' || order_id || ', not placed at or before it'
+                   THEN CASE event_type WHEN {REFUNDED} THEN 'refunded' ELSE 'cancelled' END
+                        || ' event for order ' || order_id || ', not placed at or before it'
                  ELSE 'order ' || order_id || ' belongs to customer ' || order_customer
                       || ', not ' || customer_id
                END
-        FROM adjustments_checked WHERE reason IS NOT NULL
+        FROM adjustments WHERE reason IS NOT NULL
     )
-    SELECT f.row, f.reason, f.detail, {", ".join(f"s.{n}" for n in EVENT_FIELDS)}
-    FROM found f JOIN src s USING (row)
+    SELECT f.row, f.reason, coalesce(f.detail, {_stateless_detail_sql()}) AS detail, {raw_fields}
+    FROM found f JOIN src s ON s.row = f.row
     ORDER BY f.row, f.reason
-    """.replace("{fields}", fields)
+    """
 
 
-def _steps_sql(policy: Policy) -> list[str]:
-    """Spend steps of every order (definition 1 of ``tier_ml.rules``)."""
+def _orders_sql(policy: Policy, as_of_us: int) -> list[str]:
+    """Per order: what counts at maturity and at the window exit (definition 1 of ``tier_ml.rules``)."""
     buffer, window = policy.buffer_us, policy.window_us
-    leaves = "NULL" if window is None else f"o.placed_at_us + {window}"
     deduct = policy.late_refunds == "deduct"
+    counts = "TRUE" if window is None else f"{window} > {buffer}"
+    before_exit = "TRUE" if window is None else f"at_us < placed_at_us + {window}"
+    exit_removed = "removed_before_exit" if deduct else "removed_at_maturity"
+    late = "FALSE" if not deduct else (
+        f"s.at_us >= s.placed_at_us + {buffer} AND s.removed > s.removed_before"
+        + ("" if window is None else f" AND s.at_us < s.placed_at_us + {window}")
+    )
     return [
-        """
-        CREATE OR REPLACE TEMP TABLE adjustments AS
-        SELECT a.customer_id, a.order_id, a.event_id, a.at_us, a.value_us, a.placed_at_us,
-               least(a.value_us, sum(CASE WHEN a.event_type = 'cancelled' THEN a.value_us ELSE a.amount_us END)
-                   OVER (PARTITION BY a.order_id ORDER BY a.at_us, a.event_id
-                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) AS removed
-        FROM adjustments_checked a WHERE a.reason IS NULL
-        """,
-        """
-        CREATE OR REPLACE TEMP TABLE adjustments_lagged AS
+        f"""
+        CREATE OR REPLACE TEMP TABLE adjustment_steps AS
         SELECT *, coalesce(lag(removed) OVER (PARTITION BY order_id ORDER BY at_us, event_id), 0)
                   AS removed_before
-        FROM adjustments
-        """,
-        f"""
-        CREATE OR REPLACE TEMP TABLE order_values AS
-        SELECT o.*, o.placed_at_us + {buffer} AS matures_at_us, {leaves} AS leaves_window_at_us,
-               coalesce(max(a.removed) FILTER (WHERE a.at_us < o.placed_at_us + {buffer}), 0) AS removed_at_maturity,
-               coalesce(max(a.removed) FILTER (WHERE a.at_us <= $as_of), 0) AS removed_at_as_of,
-               coalesce(max(a.removed) FILTER (WHERE {leaves} IS NULL OR a.at_us < {leaves}), 0)
-                   AS removed_before_exit
-        FROM orders o LEFT JOIN adjustments a USING (order_id)
-        GROUP BY ALL
-        """,
-        f"""
-        CREATE OR REPLACE TEMP TABLE steps AS
-        WITH counting AS (
-            SELECT *, value_us - removed_at_maturity AS counted_us
-            FROM order_values
-            WHERE leaves_window_at_us IS NULL OR leaves_window_at_us > matures_at_us
+        FROM (
+            SELECT order_id, customer_id, event_id, at_us, value_us, placed_at_us,
+                   least(value_us, sum(CASE WHEN event_type = {CANCELLED} THEN value_us ELSE amount_us END)
+                       OVER (PARTITION BY order_id ORDER BY at_us, event_id
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) AS removed
+            FROM adjustments WHERE reason IS NULL
         )
-        SELECT customer_id, matures_at_us AS at_us, counted_us AS spend_us, 1 AS orders
-        FROM counting WHERE counted_us > 0
-        {
-            ""
-            if not deduct
-            else '''
-        UNION ALL
-        SELECT a.customer_id, a.at_us, a.removed_before - a.removed,
-               CASE WHEN a.removed = a.value_us THEN -1 ELSE 0 END
-        FROM adjustments_lagged a JOIN counting c USING (order_id)
-        WHERE c.counted_us > 0 AND a.at_us >= c.matures_at_us
-          AND (c.leaves_window_at_us IS NULL OR a.at_us < c.leaves_window_at_us)
-          AND a.removed > a.removed_before'''
-        }
-        {
-            ""
-            if window is None
-            else f'''
-        UNION ALL
-        SELECT customer_id, leaves_window_at_us,
-               -({'value_us - removed_before_exit' if deduct else 'counted_us'}), -1
-        FROM counting
-        WHERE {'value_us - removed_before_exit' if deduct else 'counted_us'} > 0'''
-        }
+        """,
+        f"""
+        CREATE OR REPLACE TEMP TABLE order_adjustments AS
+        SELECT order_id,
+               coalesce(max(removed) FILTER (WHERE at_us < placed_at_us + {buffer}), 0) AS removed_at_maturity,
+               max(removed) AS removed_at_as_of,
+               coalesce(max(removed) FILTER (WHERE {before_exit}), 0) AS removed_before_exit
+        FROM adjustment_steps GROUP BY order_id
+        """,
+        f"""
+        CREATE OR REPLACE TEMP TABLE late_steps AS
+        SELECT c.ckey, s.at_us, s.removed_before - s.removed AS spend_us,
+               CASE WHEN s.removed = s.value_us THEN -1 ELSE 0 END AS orders
+        FROM adjustment_steps s
+        JOIN order_adjustments a USING (order_id)
+        JOIN customers c USING (customer_id)
+        WHERE {counts} AND s.value_us > a.removed_at_maturity AND {late}
+        """,
+        f"""
+        CREATE OR REPLACE TEMP TABLE orders AS
+        SELECT c.ckey, r.rkey, o.row, o.at_us AS placed_at_us,
+               CASE WHEN {counts} THEN o.amount_us - coalesce(a.removed_at_maturity, 0) ELSE 0 END AS counted_us,
+               CASE WHEN {counts} AND o.amount_us > coalesce(a.removed_at_maturity, 0)
+                    THEN o.amount_us - coalesce(a.{exit_removed}, 0) ELSE 0 END AS counted_at_exit_us,
+               o.amount_us - coalesce(a.removed_at_as_of, 0) AS net_us
+        FROM placed_orders o
+        JOIN customers c USING (customer_id)
+        JOIN regions r USING (region)
+        LEFT JOIN order_adjustments a USING (order_id)
+        """,
+        # Placements of one customer at one instant: the latest event_id's region wins.
+        """
+        CREATE OR REPLACE TEMP TABLE tied_regions AS
+        SELECT o.ckey, o.placed_at_us, arg_max(o.rkey, e.event_id) AS rkey
+        FROM orders o JOIN checked e USING (row)
+        WHERE (o.ckey, o.placed_at_us) IN (
+            SELECT (ckey, placed_at_us) FROM orders GROUP BY ckey, placed_at_us HAVING count(*) > 1)
+        GROUP BY o.ckey, o.placed_at_us
+        """,
+        f"""
+        CREATE OR REPLACE TEMP TABLE customer_outlook AS
+        SELECT ckey,
+               sum(CASE WHEN placed_at_us + {buffer} > {as_of_us} THEN net_us ELSE 0 END) AS pending_us,
+               least(
+                 min(placed_at_us + {buffer}) FILTER (WHERE placed_at_us + {buffer} > {as_of_us} AND counted_us > 0),
+                 {'NULL' if window is None else f'min(placed_at_us + {window}) FILTER (WHERE placed_at_us + {window} > {as_of_us} AND counted_at_exit_us > 0)'}
+               ) AS next_step_us
+        FROM orders GROUP BY ckey
         """,
     ]
 
 
-def _replay_sql(policy: Policy) -> list[str]:
-    """The tier replay (definition 2 of ``tier_ml.rules``) as window functions."""
-    grace = policy.grace_us
-    eligible = _eligible_case(policy, "spend_us", "orders", "region")
-    grace_rows = (
-        ""
-        if grace == 0
-        else f"""
-        UNION ALL
-        SELECT customer_id, placed_at_us + {grace}, 0, 0, FALSE, NULL, NULL, TRUE
-        FROM (
-            SELECT customer_id, placed_at_us,
-                   lead(placed_at_us) OVER (PARTITION BY customer_id ORDER BY placed_at_us) AS next_placed
-            FROM orders
-        )
-        WHERE placed_at_us + {grace} <= $as_of
-          AND (next_placed IS NULL OR next_placed > placed_at_us + {grace})
-    """
+def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
+    """Columns of a query as int64 numpy arrays (the query casts and fills NULLs)."""
+    return {name: np.asarray(values, dtype=np.int64) for name, values in con.execute(sql).fetchnumpy().items()}
+
+
+def _timeline(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> dict[str, np.ndarray]:
+    """Kernel rows: placements, maturities, late refunds and window exits, sorted per customer."""
+    orders = _fetch(
+        con,
+        "SELECT CAST(ckey AS BIGINT) AS ckey, CAST(rkey AS BIGINT) AS rkey, placed_at_us, "
+        "CAST(counted_us AS BIGINT) AS counted_us, CAST(counted_at_exit_us AS BIGINT) AS at_exit FROM orders",
     )
-    return [
-        f"""
-        CREATE OR REPLACE TEMP TABLE instants AS
-        SELECT customer_id, at_us, sum(spend_us) AS spend_us, sum(orders) AS orders,
-               bool_or(placed) AS placed, arg_max(region, event_id) FILTER (WHERE placed) AS region
-        FROM (
-            SELECT customer_id, at_us, spend_us, orders, FALSE AS placed, NULL AS region,
-                   NULL AS event_id, FALSE AS grace
-            FROM steps WHERE at_us <= $as_of
-            UNION ALL
-            SELECT customer_id, placed_at_us, 0, 0, TRUE, region, event_id, FALSE FROM orders
-            {grace_rows}
-        )
-        GROUP BY customer_id, at_us
-        """,
-        f"""
-        CREATE OR REPLACE TEMP TABLE timeline AS
-        WITH running AS (
-            SELECT customer_id, at_us, placed,
-                   sum(spend_us) OVER w AS spend_us,
-                   sum(orders) OVER w AS orders,
-                   last_value(region IGNORE NULLS) OVER w AS region,
-                   max(CASE WHEN placed THEN at_us END) OVER w AS last_placed_us
-            FROM instants
-            WINDOW w AS (PARTITION BY customer_id ORDER BY at_us ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-        ), judged AS (
-            SELECT *, {eligible} AS eligible,
-                   at_us - last_placed_us >= {grace} AS allowed
-            FROM running
-        ), segmented AS (
-            SELECT *, sum(CASE WHEN allowed THEN 1 ELSE 0 END) OVER w AS segment
-            FROM judged
-            WINDOW w AS (PARTITION BY customer_id ORDER BY at_us ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
-        ), tiered AS (
-            SELECT *, max(eligible) OVER (
-                PARTITION BY customer_id, segment ORDER BY at_us
-                ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS tier
-            FROM segmented
-        )
-        SELECT *, lag(tier) OVER (PARTITION BY customer_id ORDER BY at_us) AS previous_tier
-        FROM tiered
-        """,
+    ckey, placed_at, rkey = orders["ckey"], orders["placed_at_us"], orders["rkey"]
+    counted, at_exit = orders["counted_us"], orders["at_exit"]
+    del orders
+    ties = con.sql("SELECT ckey, placed_at_us, rkey FROM tied_regions").to_arrow_table()
+    if ties.num_rows:
+        rkey = _patch_tied_regions(ckey, placed_at, rkey, ties)
+    parts = [(ckey, placed_at, np.zeros_like(ckey), np.zeros_like(ckey), np.ones(len(ckey), bool), rkey)]
+    matures = placed_at + policy.buffer_us
+    mask = (counted > 0) & (matures <= as_of_us)
+    parts.append(_steps(ckey[mask], matures[mask], counted[mask], 1))
+    if policy.window_us is not None:
+        leaves = placed_at + policy.window_us
+        mask = (at_exit > 0) & (leaves <= as_of_us)
+        parts.append(_steps(ckey[mask], leaves[mask], -at_exit[mask], -1))
+    late = _fetch(
+        con,
+        "SELECT CAST(ckey AS BIGINT) AS ckey, at_us, CAST(spend_us AS BIGINT) AS spend_us, "
+        "CAST(orders AS BIGINT) AS orders FROM late_steps",
+    )
+    count = len(late["ckey"])
+    parts.append((late["ckey"], late["at_us"], late["spend_us"], late["orders"],
+                  np.zeros(count, bool), np.zeros(count, np.int64)))
+    names = ("ckey", "at_us", "spend_us", "orders", "placed", "rkey")
+    rows = {name: np.concatenate([part[i] for part in parts]) for i, name in enumerate(names)}
+    order = _customer_time_order(rows["ckey"], rows["at_us"])
+    return {name: values[order] for name, values in rows.items()}
+
+
+def _steps(ckey: np.ndarray, at: np.ndarray, spend: np.ndarray, orders: int) -> tuple[np.ndarray, ...]:
+    n = len(ckey)
+    return (ckey, at, spend, np.full(n, orders, np.int64), np.zeros(n, bool), np.zeros(n, np.int64))
+
+
+def _patch_tied_regions(ckey: np.ndarray, placed_at: np.ndarray, rkey: np.ndarray, ties: Any) -> np.ndarray:
+    """Give every placement of a tied (customer, instant) the winning region."""
+    frame = pd.DataFrame({"ckey": ckey, "placed_at_us": placed_at})
+    winners = ties.to_pandas()
+    merged = frame.merge(winners, on=["ckey", "placed_at_us"], how="left")
+    return np.where(merged["rkey"].notna(), merged["rkey"].fillna(0).astype(np.int64), rkey)
+
+
+def _customer_time_order(ckey: np.ndarray, at_us: np.ndarray) -> np.ndarray:
+    """The permutation sorting rows by (customer, instant).
+
+    One 64-bit key ``customer * span + time`` sorts fastest; the time unit is the
+    coarsest that loses nothing (microseconds, milliseconds or seconds). When no
+    unit fits in 63 bits, fall back to a two-key sort.
+    """
+    if len(ckey) == 0:
+        return np.zeros(0, dtype=np.int64)
+    origin = int(at_us.min())
+    offset = at_us - origin
+    customers = int(ckey.max()) + 1
+    for unit in (1, 1_000, 1_000_000):
+        if unit > 1 and np.any(offset % unit):
+            break
+        span = int(offset.max()) // unit + 1
+        if customers * span < 2**62:
+            return np.argsort(ckey * span + offset // unit, kind="stable")
+    return np.lexsort((at_us, ckey))
+
+
+def _replay(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> None:
+    """Run the numpy kernel over the timeline and store ``customer_state``."""
+    rows = _timeline(con, policy, as_of_us)
+    regions = [r for (r,) in con.execute("SELECT region FROM regions ORDER BY rkey").fetchall()]
+    thresholds = np.array([policy.thresholds_us(r) for r in regions] or [policy.thresholds_us(None)])
+    result = replay_customers(
+        rows["ckey"], rows["at_us"], rows["spend_us"], rows["orders"], rows["placed"], rows["rkey"],
+        thresholds=thresholds,
+        min_orders=np.array(policy.min_orders_list, dtype=np.int64),
+        grace_us=policy.grace_us,
+        as_of_us=as_of_us,
+    )
+    del rows
+    for table in ("checked", "adjustments", "adjustment_steps", "late_steps"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")  # free memory before the output joins
+    state = pd.DataFrame({name: getattr(result, name) for name in KernelResult.__dataclass_fields__})
+    con.register("kernel_state", state)
+    grace = policy.grace_us
+    con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE customer_state AS
-        WITH final AS (
-            SELECT customer_id,
-                   arg_max(tier, at_us) AS tier,
-                   arg_max(eligible, at_us) AS eligible,
-                   arg_max(spend_us, at_us) AS qualifying_us,
-                   arg_max(orders, at_us) AS qualifying_orders,
-                   arg_max(region, at_us) AS region,
-                   arg_max(last_placed_us, at_us) AS last_placed_us,
-                   max(at_us) FILTER (WHERE previous_tier IS NULL OR tier <> previous_tier) AS tier_since_us,
-                   count(*) FILTER (WHERE tier <> coalesce(previous_tier, 0)) AS tier_changes
-            FROM timeline GROUP BY customer_id
-        ), pending AS (
-            SELECT customer_id,
-                   sum(CASE WHEN $as_of < matures_at_us THEN value_us - removed_at_as_of ELSE 0 END) AS pending_us
-            FROM order_values GROUP BY customer_id
-        ), upcoming AS (
-            SELECT customer_id, min(at_us) AS next_step_us FROM steps WHERE at_us > $as_of GROUP BY customer_id
-        )
-        SELECT f.*, CAST(p.pending_us AS BIGINT) AS pending_us,
-               CASE WHEN f.tier > f.eligible THEN f.last_placed_us + {grace} END AS grace_ends_at_us,
-               CASE WHEN f.tier > f.eligible
-                    THEN least(f.last_placed_us + {grace}, coalesce(u.next_step_us, f.last_placed_us + {grace}))
+        SELECT c.customer_id, k.tier, k.eligible, k.qualifying_us, k.qualifying_orders, r.region,
+               k.last_placed_us, k.tier_since_us, k.tier_changes, CAST(u.pending_us AS BIGINT) AS pending_us,
+               CASE WHEN k.tier > k.eligible THEN k.last_placed_us + {grace} END AS grace_ends_at_us,
+               CASE WHEN k.tier > k.eligible
+                    THEN least(k.last_placed_us + {grace}, coalesce(u.next_step_us, k.last_placed_us + {grace}))
                     ELSE u.next_step_us END AS next_change_at_us
-        FROM final f JOIN pending p USING (customer_id) LEFT JOIN upcoming u USING (customer_id)
-        """,
-    ]
+        FROM kernel_state k
+        JOIN customers c ON c.ckey = k.customer
+        JOIN regions r ON r.rkey = k.region
+        JOIN customer_outlook u ON u.ckey = k.customer
+        """
+    )
+    con.unregister("kernel_state")
 
 
 def _output_sql(policy: Policy) -> str:
@@ -514,7 +572,7 @@ def _output_sql(policy: Policy) -> str:
     next_threshold = _threshold_case(policy, "tier + 1", "region")
 
     def money(expr: str) -> str:
-        return f"CAST(({expr} + 5000) // 10000 AS DECIMAL(18, 0)) / 100"
+        return f"CAST(CAST(({expr} + 5000) // 10000 AS DECIMAL(18, 0)) / 100 AS DECIMAL(18, 2))"
 
     def instant(expr: str) -> str:
         return (
@@ -526,26 +584,25 @@ def _output_sql(policy: Policy) -> str:
     CREATE OR REPLACE TEMP TABLE tiers_out AS
     SELECT customer_id,
            {names}[tier + 1] AS tier,
-           CAST({money("qualifying_us")} AS DECIMAL(18, 2)) AS qualifying_spend,
-           CAST({money("pending_us")} AS DECIMAL(18, 2)) AS pending_spend,
+           {money('qualifying_us')} AS qualifying_spend,
+           {money('pending_us')} AS pending_spend,
            {names}[eligible + 1] AS eligible_tier,
-           {instant("tier_since_us")} AS tier_since,
+           {instant('tier_since_us')} AS tier_since,
            qualifying_orders,
            CASE WHEN tier < {top} THEN {names}[tier + 2] END AS next_tier,
-           CASE WHEN tier < {top}
-                THEN CAST({money(f"greatest(0, {next_threshold} - qualifying_us)")} AS DECIMAL(18, 2)) END
+           CASE WHEN tier < {top} THEN {money(f'greatest(0, {next_threshold} - qualifying_us)')} END
                AS spend_to_next_tier,
            region,
-           {instant("last_placed_us")} AS last_order_at,
-           {instant("grace_ends_at_us")} AS grace_ends_at,
-           {instant("next_change_at_us")} AS next_change_at,
+           {instant('last_placed_us')} AS last_order_at,
+           {instant('grace_ends_at_us')} AS grace_ends_at,
+           {instant('next_change_at_us')} AS next_change_at,
            tier_changes
     FROM customer_state
     ORDER BY customer_id
     """
 
 
-PIPELINE_STAGES = ("validate", "ledger", "rejects", "spend steps", "replay", "output")
+PIPELINE_STAGES = ("validate", "ledger", "rejects", "orders", "replay", "output")
 
 
 def run_pipeline(
@@ -553,30 +610,22 @@ def run_pipeline(
     policy: Policy,
     source: str | Path | pd.DataFrame,
     as_of_us: int,
-    on_stage: Any = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> None:
     """Run every stage; leaves tables ``tiers_out``, ``customer_state`` and ``rejects`` in ``con``."""
     register_source(con, source)
-    stages = dict(
-        zip(
-            PIPELINE_STAGES,
-            [
-                [_stateless_sql(policy)],
-                _ledger_sql(as_of_us),
-                [_rejects_sql()],
-                _steps_sql(policy),
-                _replay_sql(policy),
-                [_output_sql(policy)],
-            ],
-            strict=True,
-        )
-    )
-    for name, statements in stages.items():
-        for statement in statements:
-            con.execute(statement.replace("$as_of", str(int(as_of_us))))
+    stages: dict[str, Callable[[], None]] = {
+        "validate": lambda: con.execute(_stateless_sql(policy, as_of_us)),
+        "ledger": lambda: [con.execute(sql) for sql in _ledger_sql()],
+        "rejects": lambda: con.execute(_rejects_sql()),
+        "orders": lambda: [con.execute(sql) for sql in _orders_sql(policy, as_of_us)],
+        "replay": lambda: _replay(con, policy, as_of_us),
+        "output": lambda: con.execute(_output_sql(policy)),
+    }
+    for name in PIPELINE_STAGES:
+        stages[name]()
         if on_stage is not None:
             on_stage(name)
-    assert list(con.execute("SELECT * FROM tiers_out LIMIT 0").df().columns) == list(OUTPUT_COLUMNS)
 
 
 def summarize(con: duckdb.DuckDBPyConnection, policy: Policy) -> BatchSummary:
@@ -612,7 +661,7 @@ def classify_frame(
 def write_table(con: duckdb.DuckDBPyConnection, table: str, out: Path) -> None:
     """Write a result table as CSV or Parquet, by the file's suffix."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "PARQUET" if out.suffix.lower() in {".parquet", ".pq"} else "CSV, HEADER"
+    fmt = "FORMAT PARQUET" if out.suffix.lower() in {".parquet", ".pq"} else "FORMAT CSV, HEADER"
     con.execute(f"COPY {table} TO {_quote(str(out))} ({fmt})")
 
 

@@ -1,0 +1,216 @@
+"""Importing retailers' exports: formats, defaults, generated ids, returns and rejects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tier_ml.events import OrderEvent, Validation, frame_records, read_events, validate
+from tier_ml.importer import ExportError, ImportResult, import_export, write_import
+from tier_ml.policy import load_policy
+from tier_ml.simulate import SimulationConfig, simulate, write_simulation
+
+RETAIL_MAP = {"customer_id": "CustID", "occurred_at": "OrderDate", "amount": "Total"}
+
+
+def export(tmp_path: Path, rows: list[dict[str, str]], name: str = "export.csv") -> Path:
+    path = tmp_path / name
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def contents(events: list[OrderEvent]) -> list[tuple[object, ...]]:
+    fields = ("event_id", "order_id", "customer_id", "at_us", "amount_us", "currency")
+    return sorted(
+        (str(e.event_type), *(getattr(e, name) for name in fields), e.channel, e.region)
+        for e in events
+    )
+
+
+def validated(path: Path) -> Validation:
+    return validate(frame_records(read_events(path)), load_policy())
+
+
+def one(result: ImportResult) -> pd.Series:
+    assert len(result.events) == 1, result.rejects.to_dict("records")
+    return result.events.iloc[0]
+
+
+# --- round trips of simulator output ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_import_round_trips_simulator_output(tmp_path: Path, suffix: str) -> None:
+    sim = simulate(SimulationConfig(customers=300, seed=4))
+    source = write_simulation(sim, tmp_path / f"sim{suffix}").events
+    result = import_export(source)  # columns already carry canonical names
+    write_import(result, tmp_path / "imported.parquet")
+
+    assert contents(validated(tmp_path / "imported.parquet").events) == contents(
+        validated(source).events
+    )
+    caught = {"unparseable_time", "missing_customer_id", "non_positive_amount"}
+    expected = sim.malformed[sim.malformed["kind"].isin(caught)]
+    reason = "reason" if suffix == ".csv" else "reason_typed"
+    got = dict(zip(result.rejects["event_id"], result.rejects["reason"], strict=True))
+    assert got == dict(zip(expected["event_id"], expected[reason], strict=True))
+
+
+def test_reimport_gives_the_same_generated_ids(tmp_path: Path) -> None:
+    rows = [
+        {"CustID": "7", "OrderDate": "2025-02-03", "Total": "10.00"},
+        {"CustID": "7", "OrderDate": "2025-02-03", "Total": "10.00"},  # a second, identical order
+        {"CustID": "8", "OrderDate": "2025-02-04", "Total": "12.50"},
+    ]
+    path = export(tmp_path, rows)
+    first = import_export(path, RETAIL_MAP, currency="USD")
+    moved = export(tmp_path, rows, name="renamed.csv")
+    second = import_export(moved, RETAIL_MAP, currency="USD")
+
+    assert first.events["event_id"].tolist() == second.events["event_id"].tolist()
+    assert first.events["event_id"].nunique() == 3
+    assert (first.events["event_type"] == "placed").all()
+    assert first.events["order_id"].nunique() == 3  # each row is an order of its own
+
+
+# --- formats ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "options", "expected"),
+    [
+        ("2025-02-03", {}, "2025-02-03T00:00:00"),
+        ("2025-02-03T10:15:00+01:00", {}, "2025-02-03T09:15:00"),
+        ("2025/02/03 13:05", {}, "2025-02-03T13:05:00"),
+        ("03.02.2025", {}, "2025-02-03T00:00:00"),
+        ("03.02.2025 07:08:09", {}, "2025-02-03T07:08:09"),
+        ("2/3/2025 4:05 PM", {}, "2025-02-03T16:05:00"),
+        ("03/02/2025", {"day_first": True}, "2025-02-03T00:00:00"),
+        ("03-02-2025", {"day_first": True}, "2025-02-03T00:00:00"),
+        ("3 Feb 2025", {}, "2025-02-03T00:00:00"),
+        ("Feb 3, 2025 10:00", {}, "2025-02-03T10:00:00"),
+        ("1738540800", {}, "2025-02-03T00:00:00"),
+        ("1738540800000", {}, "2025-02-03T00:00:00"),
+        ("03|02|25", {"date_format": "%d|%m|%y"}, "2025-02-03T00:00:00"),
+        ("2025-03-01 10:00", {"timezone": "Europe/Berlin"}, "2025-03-01T09:00:00"),
+    ],
+)
+def test_dates_in_common_formats(
+    tmp_path: Path, text: str, options: dict[str, object], expected: str
+) -> None:
+    path = export(tmp_path, [{"CustID": "1", "OrderDate": text, "Total": "5"}])
+    result = import_export(path, RETAIL_MAP, currency="USD", **options)  # type: ignore[arg-type]
+    event = one(result)
+    assert event["occurred_at"] == pd.Timestamp(expected, tz="UTC")
+
+
+@pytest.mark.parametrize(
+    ("text", "decimal_comma", "amount", "currency"),
+    [
+        ("$1,234.50", False, 1234.5, "USD"),
+        ("€1.234,50", True, 1234.5, "EUR"),
+        ("1 234,50 €", True, 1234.5, "EUR"),
+        ("£ 99", False, 99.0, "GBP"),
+        ("USD 1'000.25", False, 1000.25, "USD"),
+        ("12.5", False, 12.5, "CHF"),  # no symbol: the default currency
+    ],
+)
+def test_amounts_with_symbols_and_separators(
+    tmp_path: Path, text: str, decimal_comma: bool, amount: float, currency: str
+) -> None:
+    path = export(tmp_path, [{"CustID": "1", "OrderDate": "2025-01-01", "Total": text}])
+    default = "CHF" if currency == "CHF" else None
+    event = one(import_export(path, RETAIL_MAP, currency=default, decimal_comma=decimal_comma))
+    assert event["amount"] == pytest.approx(amount)
+    assert event["currency"] == currency
+
+
+def test_defaults_fill_only_what_the_export_lacks(tmp_path: Path) -> None:
+    rows = [
+        {"CustID": "1", "OrderDate": "2025-01-01", "Total": "5", "Cur": "EUR", "Shop": ""},
+        {"CustID": "2", "OrderDate": "2025-01-02", "Total": "6", "Cur": "", "Shop": "POS"},
+    ]
+    path = export(tmp_path, rows)
+    result = import_export(
+        path,
+        {**RETAIL_MAP, "currency": "Cur", "channel": "Shop"},
+        currency="USD",
+        channel="web",
+        region="US",
+    )
+    assert result.events["currency"].tolist() == ["EUR", "USD"]
+    assert result.events["channel"].tolist() == ["web", "pos"]
+    assert result.events["region"].tolist() == ["US", "US"]
+
+
+def test_returns_become_refunds_of_their_order(tmp_path: Path) -> None:
+    rows = [
+        {"Order": "A1", "CustID": "1", "OrderDate": "2025-01-01", "Total": "100", "Kind": "Sale"},
+        {"Order": "A1", "CustID": "1", "OrderDate": "2025-01-03", "Total": "-40", "Kind": "Sale"},
+        {"Order": "A1", "CustID": "1", "OrderDate": "2025-01-04", "Total": "10", "Kind": "Return"},
+    ]
+    path = export(tmp_path, rows)
+    mapping = {**RETAIL_MAP, "order_id": "Order"}
+    result = import_export(
+        path,
+        mapping,
+        currency="USD",
+        returns="negative",
+        return_column="Kind",
+        return_values=("return",),
+    )
+    assert result.events["event_type"].tolist() == ["placed", "refunded", "refunded"]
+    assert result.events["amount"].tolist() == [100.0, 40.0, 10.0]
+    assert set(result.events["order_id"]) == {"A1"}
+    write_import(result, tmp_path / "events.csv")
+    assert len(validated(tmp_path / "events.csv").events) == 3
+
+    strict = import_export(path, mapping, currency="USD")
+    assert strict.rejects["reason"].tolist() == ["non_positive_amount"]
+
+
+# --- rejects ----------------------------------------------------------------------------------
+
+
+def test_each_malformed_kind_is_rejected_with_its_reason(tmp_path: Path) -> None:
+    good = {"CustID": "1", "OrderDate": "2025-01-01", "Total": "5", "Type": "order", "Cur": "USD"}
+    bad = {
+        "missing_field": {"CustID": ""},
+        "unparseable_time": {"OrderDate": "31.02.2025"},
+        "unparseable_amount": {"Total": "five"},
+        "non_positive_amount": {"Total": "0"},
+        "unknown_event_type": {"Type": "gift"},
+        "unknown_currency": {"Cur": "JPY"},
+    }
+    rows = [good] + [{**good, **change} for change in bad.values()] + [good]
+    rows.append({**good, "Type": "refund"})  # a refund without its order: missing_field
+    path = export(tmp_path, rows)
+    mapping = {**RETAIL_MAP, "event_type": "Type", "currency": "Cur"}
+    result = import_export(path, mapping, policy=load_policy())
+
+    assert result.rejects["reason"].tolist() == [*bad, "missing_field"]
+    assert result.rejects["row"].tolist() == [2, 3, 4, 5, 6, 7, 9]
+    assert result.rejects["detail"].str.len().gt(0).all()
+    assert "CustID" in result.rejects.columns  # the source row, to fix the export
+    assert len(result.events) == 2
+    write_import(result, tmp_path / "events.parquet", tmp_path / "rejects.csv")
+    assert len(validated(tmp_path / "events.parquet").events) == 2
+    assert len(pd.read_csv(tmp_path / "rejects.csv")) == 7
+
+
+def test_bad_mapping_and_unreadable_files_fail_with_a_message(tmp_path: Path) -> None:
+    path = export(tmp_path, [{"CustID": "1", "OrderDate": "2025-01-01", "Total": "5"}])
+    with pytest.raises(ExportError, match="no such column"):
+        import_export(path, {**RETAIL_MAP, "customer_id": "Customer"})
+    with pytest.raises(ExportError, match="unknown fields"):
+        import_export(path, {**RETAIL_MAP, "shop": "Total"})
+    with pytest.raises(ExportError, match="no column for"):
+        import_export(path, {"customer_id": "CustID"})
+    with pytest.raises(ExportError, match="no such file"):
+        import_export(tmp_path / "missing.csv", RETAIL_MAP)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet")
+    with pytest.raises(ExportError, match="cannot read"):
+        import_export(broken, RETAIL_MAP)
