@@ -1,0 +1,1 @@
+"""Model training, evaluation and MLflow registry (issue 6)."""
