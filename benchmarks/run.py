@@ -103,7 +103,7 @@ def main() -> None:
     write_report(args, rows, simulate, floor, classify, store)
 
 
-def write_report(args, rows, simulate, floor, classify, store) -> None:  # noqa: ANN001
+def write_report(args, rows, simulate, floor, classify, store) -> None:
     ratio = classify["median_s"] / floor["median_s"]
     lines = [
         "# Benchmarks",
