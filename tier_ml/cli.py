@@ -378,4 +378,6 @@ def import_command(
 
 # --- the tier store: ingest, sweep, worker, tiers / policy / audit / override ------------------
 
+from tier_ml.commands.store import register as _register_store_commands  # noqa: E402
 
+_register_store_commands(app)

@@ -1,0 +1,217 @@
+"""Benchmark of the tier store: ingest throughput, event-to-tier latency, policy re-apply.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_store.py [--events 1000000] [--single 2000]
+        [--backends sqlite,postgresql]
+
+A simulated stream (about ten events per customer) is applied in time order,
+as the live store would see it:
+
+- ``batch_1000``: all but the last ``--single`` events in batches of 1,000 (one
+  transaction each, the clock at the batch's latest event): events/s, and the
+  latency of a batch (from the ``apply`` call to the committed tier state,
+  which is the event-to-tier latency of every event in it) p50 / p99;
+- ``batch_1``: the last ``--single`` events one by one: events/s and the
+  latency p50 / p99 of a single event;
+- ``sweep``: a sweep at the end of the stream (customers whose maturities came);
+- ``policy_reapply``: ``apply_policy`` with a new policy (thresholds -10 %,
+  other fx rates) over the whole store (sweep, ledger read, classify, diff,
+  writes, audit, outbox), against ``classify`` (the DuckDB batch path) of the
+  same ledger written as a Parquet file: seconds and the ratio.
+
+PostgreSQL runs when ``TIER_ML_TEST_POSTGRES_URL`` is set (a fresh schema,
+dropped afterwards). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tier_ml.batch import classify_frame
+from tier_ml.events import EVENT_FIELDS, frame_records, parse_instant
+from tier_ml.policy import load_policy, parse_policy
+from tier_ml.simulate import SimulationConfig, simulate
+from tier_ml.store import service
+from tier_ml.store.intake import canonical_raw
+from tier_ml.store.unit_of_work import run_in_transaction
+
+
+def stream_rows(events: int, seed: int) -> list[dict[str, Any]]:
+    """About ``events`` canonical rows of a simulation, in time order."""
+    sim = simulate(SimulationConfig(customers=max(50, events // 10), seed=seed))
+    rows = [canonical_raw(r) for r in frame_records(sim.events)]
+    rows.sort(key=lambda r: (parse_instant(r["occurred_at"]) or 0, r["event_id"] or ""))
+    return rows[:events]
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {}
+    values = np.array(seconds) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(values, 50)), 2),
+        "p99_ms": round(float(np.percentile(values, 99)), 2),
+        "max_ms": round(float(values.max()), 2),
+    }
+
+
+def clock_of(rows: list[dict[str, Any]]) -> int:
+    return max(parse_instant(r["occurred_at"]) or 0 for r in rows)
+
+
+def new_policy():
+    policy = load_policy(None).model_dump(mode="json")
+    for tier in policy["tiers"][1:]:
+        tier["min_spend"] = tier["min_spend"] * 0.9
+    policy["fx_rates"] = {"EUR": 1.08, "GBP": 1.27}
+    return parse_policy(policy)
+
+
+def run_backend(url: str, rows: list[dict[str, Any]], single: int) -> dict[str, Any]:
+    engine = service.open_store(url)
+    policy = load_policy(None)
+    bulk, tail = rows[: len(rows) - single], rows[len(rows) - single :]
+    result: dict[str, Any] = {}
+
+    batch_latency = []
+    began = time.perf_counter()
+    for start in range(0, len(bulk), 1_000):
+        batch = bulk[start : start + 1_000]
+        now = clock_of(batch)
+        t0 = time.perf_counter()
+        service.apply_events(engine, batch, now, policy)
+        batch_latency.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - began
+    result["batch_1000"] = {
+        "events": len(bulk),
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(len(bulk) / elapsed),
+        **percentiles(batch_latency),
+    }
+
+    single_latency = []
+    began = time.perf_counter()
+    for row in tail:
+        now = parse_instant(row["occurred_at"]) or clock_of(bulk)
+        t0 = time.perf_counter()
+        service.apply_events(engine, [row], now)
+        single_latency.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - began
+    result["batch_1"] = {
+        "events": len(tail),
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(len(tail) / elapsed) if elapsed else None,
+        **percentiles(single_latency),
+    }
+
+    end = clock_of(rows) + 30 * 86_400_000_000
+    began = time.perf_counter()
+    swept = service.sweep(engine, end)
+    result["sweep"] = {
+        "customers": swept.customers,
+        "seconds": round(time.perf_counter() - began, 2),
+    }
+
+    ledger = run_in_transaction(engine, lambda uow: uow.repo.ledger_frame(), read_only=True)
+    target = new_policy()
+    with tempfile.TemporaryDirectory() as folder:  # classify of the same events as a file
+        path = Path(folder) / "ledger.parquet"
+        ledger[list(EVENT_FIELDS)].astype("string").to_parquet(path, index=False)
+        began = time.perf_counter()
+        tiers, _ = classify_frame(target, path, end)
+        classify_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    applied = service.apply_policy(engine, target, "bench", end)
+    reapply_seconds = time.perf_counter() - began
+    result["policy_reapply"] = {
+        "customers": applied.customers,
+        "tier_changes": applied.changed,
+        "states_written": applied.states_written,
+        "seconds": round(reapply_seconds, 2),
+        "classify_seconds": round(classify_seconds, 2),
+        "ratio_to_classify": round(reapply_seconds / classify_seconds, 2),
+    }
+    result["customers"] = len(tiers)
+    engine.dispose()
+    return result
+
+
+def postgres_url() -> tuple[str, Any] | None:
+    base = os.environ.get("TIER_ML_TEST_POSTGRES_URL")
+    if not base:
+        return None
+    url = make_url(base).set(drivername="postgresql+psycopg")
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+    scoped = url.update_query_dict({"options": f"-csearch_path={schema}"})
+    return scoped.render_as_string(hide_password=False), drop
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--single", type=int, default=2_000, help="Events applied one by one.")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    rows = stream_rows(args.events, args.seed)
+    single = min(args.single, len(rows) // 2)
+    report: dict[str, Any] = {
+        "benchmark": "store",
+        "events": len(rows),
+        "single_events": single,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "backends": {},
+    }
+    backends = args.backends.split(",")
+    if "sqlite" in backends:
+        with tempfile.TemporaryDirectory() as folder:
+            url = f"sqlite:///{Path(folder) / 'store.sqlite'}"
+            report["backends"]["sqlite"] = run_backend(url, rows, single)
+    if "postgresql" in backends:
+        found = postgres_url()
+        if found is None:
+            report["backends"]["postgresql"] = "skipped: TIER_ML_TEST_POSTGRES_URL not set"
+        else:
+            url, drop = found
+            try:
+                report["backends"]["postgresql"] = run_backend(url, rows, single)
+            finally:
+                drop()
+    report["median_batch_latency_ms"] = {
+        name: result["batch_1000"]["p50_ms"]
+        for name, result in report["backends"].items()
+        if isinstance(result, dict)
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

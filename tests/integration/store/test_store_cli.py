@@ -1,0 +1,179 @@
+"""The store commands end to end through the ``tier-ml`` CLI: real store, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from tests.integration.store.support import END_OF_SIMULATION, assert_same_tiers, simulated
+from tier_ml.batch import classify_frame
+from tier_ml.cli import app
+from tier_ml.policy import load_policy
+from tier_ml.store.service import export_tiers, open_store
+
+runner = CliRunner()
+NOW = "2026-01-01T00:00:00Z"
+PAYLOADS = Path(__file__).resolve().parents[2] / "fixtures" / "payloads"
+
+
+def said(result: Result) -> str:
+    return " ".join(result.output.split())
+
+
+def run(*args: str) -> Result:
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture
+def events_file(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    events, _ = simulated(200)
+    path = tmp_path / "events.csv"
+    events.to_csv(path, index=False)
+    return path, events
+
+
+def test_ingest_export_and_replay(store_url: str, events_file, tmp_path: Path) -> None:
+    path, events = events_file
+    first = run("ingest", str(path), "--now", NOW, "--db", store_url)
+    assert first.exit_code == 0, first.output
+    assert "accepted" in said(first) and "rejected" in said(first)
+    again = run("ingest", str(path), "--now", NOW, "--db", store_url)
+    assert again.exit_code == 0 and " 0 accepted" in said(again)
+
+    out = tmp_path / "tiers.csv"
+    exported = run("tiers", "export", "--now", NOW, "--out", str(out), "--db", store_url)
+    assert exported.exit_code == 0, exported.output
+    expected, _ = classify_frame(load_policy(None), events, END_OF_SIMULATION)
+    assert_same_tiers(
+        pd.read_csv(out, dtype={"region": str}, keep_default_na=False, na_values=[""]), expected
+    )
+
+
+def test_sweep_policy_audit_and_overrides(store_url: str, events_file, tmp_path: Path) -> None:
+    path, _ = events_file
+    assert run("ingest", str(path), "--now", NOW, "--db", store_url).exit_code == 0
+    swept = run("sweep", "--now", "2026-01-20", "--db", store_url)
+    assert swept.exit_code == 0 and "swept" in said(swept)
+
+    customer = "C0000003"
+    set_result = run(
+        "override", "set", customer, "VIP", "--reason", "press partner", "--actor", "alice",
+        "--until", "2026-03-01", "--now", "2026-01-20", "--db", store_url,
+    )  # fmt: skip
+    assert set_result.exit_code == 0, set_result.output
+    listed = run("override", "list", "--now", "2026-01-21", "--db", store_url)
+    assert customer in said(listed) and "active" in said(listed)
+
+    policy = tmp_path / "new.yaml"
+    policy.write_text(
+        "tiers:\n  - name: Silver\n  - name: Gold\n    min_spend: 10000\n  - name: VIP\n    min_spend: 30000\n"
+    )
+    dry = run("policy", "apply", str(policy), "--dry-run", "--now", "2026-01-20", "--db", store_url)
+    assert dry.exit_code == 0, dry.output
+    assert "Transitions (dry run)" in said(dry) and "would change tier" in said(dry)
+    applied = run(
+        "policy", "apply", str(policy), "--actor", "bob", "--now", "2026-01-20", "--db", store_url
+    )
+    assert applied.exit_code == 0 and "stored policy version 2" in said(applied)
+    shown = run("policy", "show", "--db", store_url)
+    assert "active: version 2" in said(shown) and "min_spend: 30000" in shown.output
+
+    csv_out, jsonl_out = tmp_path / "audit.csv", tmp_path / "audit.jsonl"
+    assert run("audit", "export", "--out", str(csv_out), "--db", store_url).exit_code == 0
+    assert (
+        run(
+            "audit", "export", "--format", "jsonl", "--out", str(jsonl_out), "--db", store_url
+        ).exit_code
+        == 0
+    )
+    audit = pd.read_csv(csv_out)
+    lines = [json.loads(line) for line in jsonl_out.read_text().splitlines()]
+    assert len(lines) == len(audit) > 0
+    assert set(audit["reason"]) >= {"enrolment", "upgrade", "override", "reclassification"}
+    override_row = next(r for r in lines if r["reason"] == "override")
+    assert (override_row["actor"], override_row["note"], override_row["customer_id"]) == (
+        "alice",
+        "press partner",
+        customer,
+    )
+    recent = run("audit", "export", "--since", "2026-01-20", "--format", "jsonl", "--db", store_url)
+    assert recent.exit_code == 0
+    recorded = [json.loads(line)["recorded_at"] for line in recent.stdout.splitlines()]
+    assert recorded and all(at >= "2026-01-20" for at in recorded) and len(recorded) < len(lines)
+
+    cleared = run(
+        "override",
+        "clear",
+        customer,
+        "--reason",
+        "done",
+        "--actor",
+        "alice",
+        "--now",
+        "2026-01-22",
+        "--db",
+        store_url,
+    )
+    assert cleared.exit_code == 0, cleared.output
+
+
+def test_ingest_channel_payloads(store_url: str) -> None:
+    now = "2025-03-10T00:00:00Z"
+    for channel, name in [
+        ("shopify", "shopify_orders_create.json"),
+        ("shopify", "shopify_refunds_create.json"),
+        ("pos", "pos_export.csv"),
+        ("marketplace", "marketplace_feed.json"),
+        ("app", "app_events.json"),
+    ]:
+        result = run(
+            "ingest", str(PAYLOADS / name), "--channel", channel, "--now", now, "--db", store_url
+        )
+        assert result.exit_code == 0, result.output
+    engine = open_store(store_url)
+    try:
+        tiers = export_tiers(engine).set_index("customer_id")
+    finally:
+        engine.dispose()
+    # Shopify: 1849.90 EUR less the 200.00 EUR refund (found through the order), at 1.10
+    assert tiers.loc["7208214823133", "qualifying_spend"] == round(1649.90 * 1.10, 2)
+    assert tiers.loc["L-0042", "qualifying_spend"] == 0.0  # placed in March, still pending
+    assert tiers.loc["L-0042", "pending_spend"] == round(100.00 * 1.10, 2)
+    assert "L-0077" in tiers.index  # voided: nothing counts, still a customer
+    assert tiers.loc["C0001", "pending_spend"] == round(30.00 * 1.10 + 129.99 - 29.99, 2)
+    assert tiers.loc["C0002", "pending_spend"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sweep", "--now", "31/12/2025"], "--now '31/12/2025' is not an ISO 8601 time"),
+        (["ingest", "missing.csv", "--now", NOW], "no such events file"),
+        (["ingest", "x.json", "--channel", "fax", "--now", NOW], "no adapter for channel 'fax'"),
+        (
+            ["override", "set", "nobody", "Gold", "--reason", "x", "--now", NOW],
+            "no order in the store",
+        ),
+        (["audit", "export", "--format", "xml"], "--format must be csv or jsonl"),
+        (["tiers", "export", "--now", "2020-01-01"], "cannot report the earlier instant"),
+    ],
+)
+def test_user_errors_are_one_line(
+    store_url: str, events_file, args: list[str], message: str
+) -> None:
+    path, _ = events_file
+    assert run("ingest", str(path), "--now", NOW, "--db", store_url).exit_code == 0
+    result = run(*args, "--db", store_url)
+    assert result.exit_code == 2, result.output
+    assert message in said(result)
+    assert "Traceback" not in result.output
+
+
+def test_a_bad_database_url_is_one_line() -> None:
+    result = run("sweep", "--now", NOW, "--db", "mysql://nowhere/x")
+    assert result.exit_code == 2 and "unsupported database" in said(result)

@@ -1,0 +1,135 @@
+"""Policy versions: ``apply_policy`` reclassifies every customer by replaying the ledger under the
+new policy (batch path); the dry run only reports the transitions matrix."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.integration.store.support import (
+    END_OF_SIMULATION,
+    assert_same_tiers,
+    simulated,
+    snapshot,
+)
+from tier_ml.batch import classify_frame
+from tier_ml.money import MICROS_PER_DAY
+from tier_ml.policy import load_policy, parse_policy
+from tier_ml.store import service
+from tier_ml.store.service import StoreError
+
+NEW_POLICY = parse_policy(
+    {
+        "base_currency": "USD",
+        "fx_rates": {"EUR": 1.05, "GBP": 1.25},
+        "buffer_days": 14,
+        "window_days": 365,
+        "downgrade_grace_days": 60,
+        "tiers": [
+            {"name": "Silver"},
+            {"name": "Gold", "min_spend": 15000},
+            {"name": "VIP", "min_spend": 40000},
+        ],
+    }
+)
+LATER = END_OF_SIMULATION + 45 * MICROS_PER_DAY
+
+
+@pytest.fixture
+def loaded(engine):
+    events, rows = simulated(400)
+    service.apply_events(engine, list(rows), END_OF_SIMULATION, load_policy(None))
+    return engine, events
+
+
+def test_dry_run_reports_the_matrix_and_writes_nothing(loaded) -> None:
+    engine, events = loaded
+    before = snapshot(engine)
+    result = service.apply_policy(engine, NEW_POLICY, "bob", END_OF_SIMULATION, dry_run=True)
+    old = service.export_tiers(engine, END_OF_SIMULATION).set_index("customer_id")["tier"]
+    new = classify_frame(NEW_POLICY, events, END_OF_SIMULATION)[0].set_index("customer_id")["tier"]
+    expected = pd.crosstab(old.rename("old tier"), new.rename("new tier"))
+    pd.testing.assert_frame_equal(result.matrix, expected, check_names=False)
+    assert result.changed == int((old != new).sum()) > 0
+    assert result.version is None
+    after = snapshot(engine)
+    assert after["audit"] == before["audit"] and after["policies"] == before["policies"]
+    pd.testing.assert_frame_equal(after["states"], before["states"])
+
+
+def test_apply_reclassifies_everyone_with_audit_rows(loaded) -> None:
+    engine, events = loaded
+    old = service.export_tiers(engine, END_OF_SIMULATION).set_index("customer_id")["tier"]
+    result = service.apply_policy(
+        engine, NEW_POLICY, "bob", END_OF_SIMULATION, source_text="# yaml"
+    )
+    assert result.version == 2
+    expected, _ = classify_frame(NEW_POLICY, events, END_OF_SIMULATION)
+    tiers = service.export_tiers(engine, END_OF_SIMULATION)
+    assert_same_tiers(tiers, expected)
+
+    audit = service.export_audit(engine)
+    reclassified = audit[audit["reason"] == "reclassification"]
+    assert len(reclassified) == result.changed > 0
+    assert set(reclassified["actor"]) == {"bob"} and set(reclassified["policy_version"]) == {2}
+    changed = old[old != tiers.set_index("customer_id")["tier"]]
+    assert sorted(reclassified["customer_id"]) == sorted(changed.index)
+    row = reclassified.iloc[0]
+    now_tiers = tiers.set_index("customer_id")["tier"]
+    assert (row["old_tier"], row["new_tier"]) == (
+        old[row["customer_id"]],
+        now_tiers[row["customer_id"]],
+    )
+    outbox = service.export_outbox(engine)
+    versions = outbox["payload"].map(lambda p: json.loads(p)["policy_version"])
+    assert (versions == 2).sum() == result.changed
+
+    # the rules go on under the new policy: no correction rows, same answer as classify later
+    service.sweep(engine, LATER)
+    assert_same_tiers(
+        service.export_tiers(engine, LATER), classify_frame(NEW_POLICY, events, LATER)[0]
+    )
+    assert "late_events" not in set(service.export_audit(engine)["cause"].dropna())
+    versions, active = service.policy_versions(engine)
+    assert [v["version"] for v in versions] == [
+        1,
+        2,
+    ] and active.policy.fingerprint == NEW_POLICY.fingerprint
+
+
+def test_ingest_with_another_policy_is_refused(loaded) -> None:
+    engine, _ = loaded
+    with pytest.raises(StoreError, match="policy apply"):
+        service.apply_events(engine, [], LATER, NEW_POLICY)
+
+
+def test_apply_refuses_the_past_and_overrides_of_missing_tiers(loaded) -> None:
+    engine, _ = loaded
+    with pytest.raises(StoreError, match="before the store's clock"):
+        service.apply_policy(engine, NEW_POLICY, "bob", END_OF_SIMULATION - 1)
+    customer = service.export_tiers(engine, END_OF_SIMULATION)["customer_id"].iloc[0]
+    service.set_override(engine, customer, "VIP", "alice", "gift", END_OF_SIMULATION)
+    renamed = parse_policy(
+        {
+            "tiers": [
+                {"name": "Silver"},
+                {"name": "Gold", "min_spend": 20000},
+                {"name": "Platinum", "min_spend": 50000},
+            ]
+        }
+    )
+    with pytest.raises(StoreError, match="clear them first"):
+        service.apply_policy(engine, renamed, "bob", END_OF_SIMULATION)
+
+
+def test_overrides_survive_a_policy_change(loaded) -> None:
+    engine, _ = loaded
+    customer = service.export_tiers(engine, END_OF_SIMULATION)["customer_id"].iloc[0]
+    service.set_override(
+        engine, customer, "VIP", "alice", "gift", END_OF_SIMULATION, until_us=LATER
+    )
+    service.apply_policy(engine, NEW_POLICY, "bob", END_OF_SIMULATION)
+    tiers = service.export_tiers(engine, END_OF_SIMULATION).set_index("customer_id")
+    assert tiers.loc[customer, "tier"] == "VIP"

@@ -1,0 +1,97 @@
+"""A marketplace's JSON order feed (orders, refunds and cancellations of one seller).
+
+The feed is a document ``{"feed_id": ..., "seller_id": ..., "entries": [...]}``;
+each entry has a ``type``:
+
+- ``ORDER``: ``marketplace_order_id``, ``purchase_date``, ``order_total``
+  (``{"amount": "59.99", "currency_code": "EUR"}``), ``buyer`` with the
+  ``loyalty_id`` the shopper linked and their ``country`` -> ``placed``;
+- ``REFUND``: ``refund_id``, ``marketplace_order_id``, ``posted_date``,
+  ``refund_total`` -> ``refunded``;
+- ``CANCELLATION``: ``marketplace_order_id``, ``cancelled_date`` -> ``cancelled``.
+
+Marketplaces hide the shopper's identity unless they linked a loyalty
+account: entries without ``buyer.loyalty_id`` earn no loyalty spend and give
+no event. Refunds and cancellations carry the buyer too (feeds repeat it).
+Ids are namespaced ``mp:<marketplace_order_id>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tier_ml.adapters import AdapterContext, RawEvent, decimal_text, event, text
+
+CHANNEL = "marketplace"
+
+
+def to_events(payload: Any, context: AdapterContext = AdapterContext()) -> list[RawEvent]:
+    """The canonical events of one feed document (or a bare list of entries)."""
+    entries = payload.get("entries", []) if isinstance(payload, dict) else payload
+    if not isinstance(entries, list):
+        raise ValueError("a marketplace feed has a list of entries")
+    events = []
+    for entry in entries:
+        converted = _entry(entry, context)
+        if converted is not None:
+            events.append(converted)
+    return events
+
+
+def _entry(entry: dict[str, Any], context: AdapterContext) -> RawEvent | None:
+    buyer = entry.get("buyer") or {}
+    customer = text(buyer.get("loyalty_id"))
+    if customer is None:
+        return None
+    kind = (text(entry.get("type")) or "").upper()
+    order = f"mp:{text(entry.get('marketplace_order_id'))}"
+    region = context.market(text(buyer.get("country")))
+    if kind == "ORDER":
+        total = entry.get("order_total") or {}
+        return event(
+            f"mp:order:{text(entry.get('marketplace_order_id'))}",
+            "placed",
+            order,
+            customer,
+            text(entry.get("purchase_date")),
+            decimal_text(total.get("amount")),
+            text(total.get("currency_code")),
+            CHANNEL,
+            region,
+        )
+    if kind == "REFUND":
+        total = entry.get("refund_total") or {}
+        return event(
+            f"mp:refund:{text(entry.get('refund_id'))}",
+            "refunded",
+            order,
+            customer,
+            text(entry.get("posted_date")),
+            decimal_text(total.get("amount")),
+            text(total.get("currency_code")),
+            CHANNEL,
+            region,
+        )
+    if kind == "CANCELLATION":
+        return event(
+            f"mp:cancel:{text(entry.get('marketplace_order_id'))}",
+            "cancelled",
+            order,
+            customer,
+            text(entry.get("cancelled_date")),
+            None,
+            None,
+            CHANNEL,
+            region,
+        )
+    return event(
+        f"mp:{kind.lower()}:{text(entry.get('marketplace_order_id'))}",
+        kind.lower(),  # rejected downstream as unknown_event_type, with the row kept for review
+        order,
+        customer,
+        text(entry.get("purchase_date") or entry.get("posted_date")),
+        None,
+        None,
+        CHANNEL,
+        region,
+    )

@@ -1,0 +1,88 @@
+"""Point-of-sale CSV exports (one row per receipt), as store systems write them nightly.
+
+Columns (header names as the till exports them; extra columns are ignored)::
+
+    receipt_id,store_id,country,store_timezone,business_date,time,loyalty_id,transaction_type,total,currency,original_receipt_id
+
+- ``SALE`` -> ``placed`` (order ``pos:<receipt_id>``), amount ``total``;
+- ``RETURN`` -> ``refunded`` of ``original_receipt_id``; tills write returns
+  with a negative total, the refund amount is its absolute value;
+- ``VOID`` -> ``cancelled`` of ``original_receipt_id``.
+
+Times are the store's local wall-clock time without an offset
+(``business_date`` + ``time``), interpreted in the row's ``store_timezone``
+(an IANA name; ``context.timezone`` when the export has no such column). Receipts
+without a ``loyalty_id`` are anonymous sales: no loyalty customer, so no event.
+The event id is ``pos:<store_id>:<receipt_id>``, so a re-exported file is a
+replay.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from tier_ml.adapters import AdapterContext, RawEvent, event, text
+
+CHANNEL = "pos"
+KINDS = {"SALE": "placed", "RETURN": "refunded", "VOID": "cancelled"}
+
+
+def to_events(payload: Any, context: AdapterContext = AdapterContext()) -> list[RawEvent]:
+    """The canonical events of one export (CSV text, or rows already parsed as dicts)."""
+    rows = csv.DictReader(io.StringIO(payload)) if isinstance(payload, str) else payload
+    events = []
+    for row in rows:
+        converted = _row(row, context)
+        if converted is not None:
+            events.append(converted)
+    return events
+
+
+def _row(row: dict[str, Any], context: AdapterContext) -> RawEvent | None:
+    customer = text(row.get("loyalty_id"))
+    if customer is None:
+        return None  # an anonymous sale earns no loyalty spend
+    kind_code = (text(row.get("transaction_type")) or "").upper()
+    kind = KINDS.get(kind_code, kind_code.lower() or None)
+    receipt = text(row.get("receipt_id"))
+    order = receipt if kind == "placed" else text(row.get("original_receipt_id"))
+    return event(
+        event_id=f"pos:{text(row.get('store_id'))}:{receipt}",
+        event_type=kind or "",
+        order_id=f"pos:{order}" if order else "",
+        customer_id=customer,
+        occurred_at=_local_instant(row, text(row.get("store_timezone")) or context.timezone),
+        amount=None if kind == "cancelled" else _amount(row.get("total"), kind),
+        currency=text(row.get("currency")),
+        channel=CHANNEL,
+        region=context.market(text(row.get("country"))),
+    )
+
+
+def _local_instant(row: dict[str, Any], zone_name: str) -> str | None:
+    """``business_date`` + ``time`` in the store's zone, as ISO 8601 with its offset."""
+    day, clock = text(row.get("business_date")), text(row.get("time")) or "00:00:00"
+    if day is None:
+        return None
+    try:
+        local = datetime.fromisoformat(f"{day}T{clock}")
+        zone = ZoneInfo(zone_name)
+    except (ValueError, ZoneInfoNotFoundError):
+        return f"{day} {clock} {zone_name}"  # kept as is: rejected as unparseable_time
+    return local.replace(tzinfo=zone).isoformat()
+
+
+def _amount(value: Any, kind: str | None) -> str | None:
+    rendered = text(value)
+    if rendered is None:
+        return None
+    try:
+        amount = Decimal(rendered)
+    except InvalidOperation:
+        return rendered
+    return format(abs(amount) if kind == "refunded" else amount, "f")

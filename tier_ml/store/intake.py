@@ -1,0 +1,286 @@
+"""Admitting a batch of raw events into the ledger: the rules of ``tier_ml.events.validate``,
+applied to a batch against what the ledger already holds.
+
+This module is pure (no database): the service looks up the ledger rows the
+batch refers to and hands them in. Per event the outcome is one of
+
+- ``accepted``: stored in the ledger, its customer re-evaluated;
+- ``duplicate``: a replay of an ``event_id`` with identical content (in the
+  ledger or earlier in the batch), ignored: every event counts once;
+- ``rejected``: with the reason codes of :class:`tier_ml.events.RejectReason`.
+
+The checks are those of ``validate``, in the same order: each row on its own
+(``check_row``); then replays by ``event_id`` (identical content is a
+duplicate, different content ``conflicting_replay``; inside one batch the copy
+with the smallest content is kept, as ``validate`` keeps it); then the first
+``placed`` of an order places it and a second is ``duplicate_order``; then a
+refund or cancel needs its order placed at or before it (``unknown_order``) by
+the same customer (``customer_mismatch``).
+
+One difference is inherent to a ledger that never rewrites what it accepted:
+``validate`` sees a whole file at once, the store sees events as they arrive,
+so the *first accepted* ``placed`` of an order wins even if a later delivery
+carries an earlier timestamp, and a refund delivered before its order is
+rejected as ``unknown_order``. Rejected events are not stored in the ledger
+(only in ``rejected_events`` for review), so redelivering such a refund after
+its order has arrived is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any
+
+import pandas as pd
+
+from tier_ml.events import EVENT_FIELDS, EventType, OrderEvent, RejectReason, check_row
+from tier_ml.money import to_micros
+from tier_ml.policy import Policy
+
+RawEvent = dict[str, str | None]
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    """What happened to one event of a batch (``position`` is its index in the batch)."""
+
+    position: int
+    event_id: str | None
+    status: Status
+    reason: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedOrder:
+    """What the ledger knows about an order: who placed it, when, by which event."""
+
+    customer_id: str
+    placed_at_us: int
+    event_id: str
+
+
+@dataclass
+class Admission:
+    """The outcome for a batch: per-event results and the accepted events with their raw rows."""
+
+    results: list[EventResult]
+    accepted: list[tuple[OrderEvent, RawEvent]]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = {str(status): 0 for status in Status}
+        for result in self.results:
+            counts[str(result.status)] += 1
+        return counts
+
+
+def canonical_raw(row: Mapping[str, Any]) -> RawEvent:
+    """The nine canonical fields of a row as text (None when missing), as the ledger stores them.
+
+    Text stays exactly as delivered; typed values (a Parquet timestamp, a float
+    amount) are written the way ``tier_ml.events`` reads them back unchanged:
+    instants as ISO 8601 in UTC with ``Z``, numbers by their shortest exact repr.
+    """
+    return {name: _as_text(row.get(name)) for name in EVENT_FIELDS}
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or value is pd.NaT:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else repr(value)
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if isinstance(value, datetime):
+        instant = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return instant.strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+_EVENT_TYPES = {str(kind): kind for kind in EventType}
+
+
+class LedgerReader:
+    """Ledger rows as engine events under one policy.
+
+    Re-evaluation reads every event of a customer again, so this skips what
+    ``check_row`` established when the row was admitted (required fields, the
+    syntax of the time, already stored as ``at_us``, and of the amount, its
+    sign; ids are stored normalized) and redoes only what depends on the
+    policy: the conversion into base-currency micro-units. For a row that
+    passed ``check_row``, :meth:`event` gives the event ``check_row`` gives, or
+    None when the policy has no fx rate for its currency (a unit test holds the
+    two together).
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._rates: dict[str, float | None] = {}
+
+    def _rate(self, code: str) -> float | None:
+        if code not in self._rates:
+            self._rates[code] = self.policy.rate(code)
+        return self._rates[code]
+
+    def event(
+        self,
+        event_id: str,
+        event_type: str,
+        order_id: str,
+        customer_id: str,
+        at_us: int,
+        amount: str | None,
+        currency: str | None,
+        channel: str | None,
+        region: str | None,
+    ) -> OrderEvent | None:
+        kind = _EVENT_TYPES[event_type]
+        code = currency.strip(" ").upper() if currency else ""
+        value: float | None = None
+        amount_us = 0
+        if kind is not EventType.CANCELLED:
+            rate = self._rate(code)
+            if rate is None:
+                return None
+            value = float(amount.strip(" ")) if amount else math.nan
+            amount_us = to_micros(value, rate)
+        return OrderEvent(
+            event_id,
+            kind,
+            order_id,
+            customer_id,
+            at_us,
+            amount_us,
+            channel.strip(" ") if channel else "",
+            region.strip(" ") if region else "",
+            code,
+            value,
+        )
+
+
+def content(event: OrderEvent) -> tuple[Any, ...]:
+    """What makes two deliveries of one ``event_id`` the same event (as in ``validate``)."""
+    return (
+        event.at_us,
+        str(event.event_type),
+        event.order_id,
+        event.customer_id,
+        event.amount_us,
+        event.currency,
+        event.channel,
+        event.region,
+    )
+
+
+def admit(
+    raws: Sequence[RawEvent],
+    policy: Policy,
+    ledger_events: Mapping[str, RawEvent],
+    ledger_orders: Mapping[str, PlacedOrder],
+    checked: Sequence[OrderEvent | tuple[RejectReason, str]] | None = None,
+) -> Admission:
+    """Decide every event of a batch, given the ledger rows it refers to.
+
+    ``ledger_events``: stored raw rows by ``event_id`` (at least those of the
+    batch's event ids); ``ledger_orders``: placed orders by ``order_id`` (at
+    least those the batch names); ``checked``: ``check_row`` of every raw row,
+    when the caller has it already.
+    """
+    results: dict[int, EventResult] = {}
+    copies: dict[str, list[tuple[int, OrderEvent]]] = {}
+    if checked is None:
+        checked = [check_row(raw, policy) for raw in raws]
+    for position, (raw, outcome) in enumerate(zip(raws, checked, strict=True)):
+        if isinstance(outcome, OrderEvent):
+            copies.setdefault(outcome.event_id, []).append((position, outcome))
+        else:
+            reason, detail = outcome
+            results[position] = _rejected(position, raw, reason, detail)
+
+    candidates: list[tuple[int, OrderEvent]] = []
+    for event_id, group in copies.items():
+        stored = ledger_events.get(event_id)
+        if stored is not None:
+            results.update(_against_ledger(group, stored, policy))
+            continue
+        group.sort(key=lambda item: (content(item[1]), item[0]))
+        kept_position, kept = group[0]
+        candidates.append((kept_position, kept))
+        for position, event in group[1:]:
+            results[position] = _replay_of(position, event, content(event) == content(kept))
+
+    placed = dict(ledger_orders)
+    candidates.sort(key=lambda item: (item[1].event_type != EventType.PLACED, *item[1].sort_key()))
+    accepted: list[tuple[OrderEvent, RawEvent]] = []
+    for position, event in candidates:
+        problem = _order_problem(event, placed)
+        if problem is None:
+            if event.event_type == EventType.PLACED:
+                placed[event.order_id] = PlacedOrder(event.customer_id, event.at_us, event.event_id)
+            accepted.append((event, raws[position]))
+            results[position] = EventResult(position, event.event_id, Status.ACCEPTED)
+        else:
+            reason, detail = problem
+            results[position] = EventResult(
+                position, event.event_id, Status.REJECTED, str(reason), detail
+            )
+    accepted.sort(key=lambda item: item[0].sort_key())
+    return Admission([results[p] for p in range(len(raws))], accepted)
+
+
+def _rejected(position: int, raw: RawEvent, reason: RejectReason, detail: str) -> EventResult:
+    event_id = (raw.get("event_id") or "").strip(" ") or None
+    return EventResult(position, event_id, Status.REJECTED, str(reason), detail)
+
+
+def _replay_of(position: int, event: OrderEvent, identical: bool) -> EventResult:
+    if identical:
+        return EventResult(position, event.event_id, Status.DUPLICATE)
+    detail = f"event_id {event.event_id} was already used for different content"
+    return EventResult(
+        position, event.event_id, Status.REJECTED, str(RejectReason.CONFLICTING_REPLAY), detail
+    )
+
+
+def _against_ledger(
+    group: list[tuple[int, OrderEvent]], stored_raw: RawEvent, policy: Policy
+) -> dict[int, EventResult]:
+    stored = check_row(stored_raw, policy)
+    stored_content = content(stored) if isinstance(stored, OrderEvent) else None
+    return {
+        position: _replay_of(position, event, content(event) == stored_content)
+        for position, event in group
+    }
+
+
+def _order_problem(
+    event: OrderEvent, placed: Mapping[str, PlacedOrder]
+) -> tuple[RejectReason, str] | None:
+    order = placed.get(event.order_id)
+    if event.event_type == EventType.PLACED:
+        if order is None:
+            return None
+        detail = f"order {event.order_id} was already placed by event {order.event_id}"
+        return RejectReason.DUPLICATE_ORDER, detail
+    if order is None or order.placed_at_us > event.at_us:
+        detail = f"{event.event_type} event for order {event.order_id}, not placed at or before it"
+        return RejectReason.UNKNOWN_ORDER, detail
+    if order.customer_id != event.customer_id:
+        detail = f"order {event.order_id} belongs to customer {order.customer_id}, not {event.customer_id}"
+        return RejectReason.CUSTOMER_MISMATCH, detail
+    return None

@@ -1,0 +1,532 @@
+"""Queries of the tier store, behind one small class bound to an open transaction.
+
+The service layer asks for what it needs (the ledger rows a batch refers to,
+the events of the customers it touches, their states and overrides) and hands
+back what to write; this module turns that into set-based SQLAlchemy Core
+statements: one query per kind of row per batch (``WHERE ... IN (...)``) and
+multi-row inserts and upserts, no ORM objects on the hot path.
+
+PostgreSQL specifics live here too: writers lock the customers they touch
+(``SELECT ... FOR UPDATE``, in customer_id order so two writers never wait on
+each other in a cycle), and every write transaction holds a shared advisory
+lock that ``policy apply`` takes exclusively while it rewrites every state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Integer,
+    String,
+    Table,
+    Text,
+    any_,
+    func,
+    literal,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from tier_ml.events import EVENT_FIELDS, OrderEvent
+from tier_ml.policy import Policy, parse_policy
+from tier_ml.store.cache import CachedLedger, LedgerCache
+from tier_ml.store.evaluation import Override, TierState, Transition
+from tier_ml.store.intake import LedgerReader, PlacedOrder, RawEvent
+from tier_ml.store.models import (
+    AuditRow,
+    Customer,
+    OrderEventRow,
+    OrderRow,
+    OutboxRow,
+    OverrideRow,
+    PolicyVersion,
+    RejectedEventRow,
+    TierStateRow,
+)
+
+POLICIES: Table = PolicyVersion.__table__  # type: ignore[assignment]
+CUSTOMERS: Table = Customer.__table__  # type: ignore[assignment]
+EVENTS: Table = OrderEventRow.__table__  # type: ignore[assignment]
+ORDERS: Table = OrderRow.__table__  # type: ignore[assignment]
+STATES: Table = TierStateRow.__table__  # type: ignore[assignment]
+OVERRIDES: Table = OverrideRow.__table__  # type: ignore[assignment]
+AUDIT: Table = AuditRow.__table__  # type: ignore[assignment]
+OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
+REJECTS: Table = RejectedEventRow.__table__  # type: ignore[assignment]
+
+STATE_FIELDS = tuple(c.name for c in STATES.columns)
+#: The ledger columns ``intake.ledger_event`` takes, in its argument order.
+LEDGER_COLUMNS = (
+    "event_id",
+    "event_type",
+    "order_id",
+    "customer_id",
+    "at_us",
+    "amount",
+    "currency",
+    "channel",
+    "region",
+)
+#: Keys per IN list: well under SQLite's limit of 32,766 bound parameters (two per key at most).
+IN_CHUNK = 5_000
+#: The advisory lock shared by PostgreSQL writers and taken alone by ``policy apply``.
+STORE_LOCK_KEY = 74_311_902
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    """The policy version in force."""
+
+    version: int
+    policy: Policy
+    created_at_us: int
+    actor: str
+
+
+@lru_cache(maxsize=16)
+def _parse_stored_policy(policy_json: str) -> Policy:
+    return parse_policy(json.loads(policy_json), source="stored policy")
+
+
+def policy_json(policy: Policy) -> str:
+    """The policy as stored: every field, extra keys included, as canonical JSON."""
+    return json.dumps(policy.model_dump(mode="json"), sort_keys=True)
+
+
+def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Repository:
+    """The store's queries, inside the transaction of one unit of work."""
+
+    def __init__(self, connection: Connection, cache: LedgerCache | None = None) -> None:
+        self.connection = connection
+        self.dialect = connection.dialect.name
+        self.cache = cache
+        #: Cache entries read in this transaction, kept by the unit of work once it commits.
+        self.staged: dict[str, CachedLedger] = {}
+
+    # --- locking -------------------------------------------------------------------------
+
+    def lock_store(self, exclusive: bool = False) -> None:
+        """PostgreSQL: writers share the store lock; ``policy apply`` holds it alone."""
+        if self.dialect != "postgresql":
+            return  # SQLite: BEGIN IMMEDIATE already serializes writers
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        self.connection.execute(text(f"SELECT {function}(:key)"), {"key": STORE_LOCK_KEY})
+
+    def ensure_customers(self, customer_ids: Sequence[str], now_us: int) -> None:
+        """Create the customers not seen before (in sorted order, see the module docstring)."""
+        rows = [{"customer_id": c, "first_seen_at_us": now_us} for c in sorted(set(customer_ids))]
+        self._insert_rows(CUSTOMERS, rows, "ON CONFLICT (customer_id) DO NOTHING")
+
+    def lock_customers(self, customer_ids: Sequence[str]) -> None:
+        """PostgreSQL: lock the customers' rows until commit, in customer_id order."""
+        if self.dialect != "postgresql" or not customer_ids:
+            return
+        ids = sorted(set(customer_ids))
+        for chunk in _chunks(ids):
+            query = (
+                select(CUSTOMERS.c.customer_id)
+                .where(self._among(CUSTOMERS.c.customer_id, chunk))
+                .order_by(CUSTOMERS.c.customer_id)
+                .with_for_update()
+            )
+            self.connection.execute(query).fetchall()
+
+    # --- policy versions ---------------------------------------------------------------
+
+    def active_policy(self) -> ActivePolicy | None:
+        row = self.connection.execute(
+            select(POLICIES).order_by(POLICIES.c.version.desc()).limit(1)
+        ).first()
+        if row is None:
+            return None
+        return ActivePolicy(
+            row.version, _parse_stored_policy(row.policy_json), row.created_at_us, row.actor
+        )
+
+    def add_policy_version(
+        self, policy: Policy, actor: str, now_us: int, source_text: str | None
+    ) -> ActivePolicy:
+        latest = self.connection.execute(select(func.max(POLICIES.c.version))).scalar()
+        version = (latest or 0) + 1
+        self.connection.execute(
+            POLICIES.insert().values(
+                version=version,
+                fingerprint=policy.fingerprint,
+                policy_json=policy_json(policy),
+                source_text=source_text,
+                actor=actor,
+                created_at_us=now_us,
+            )
+        )
+        return ActivePolicy(version, policy, now_us, actor)
+
+    def policy_versions(self) -> list[dict[str, Any]]:
+        query = select(
+            POLICIES.c.version,
+            POLICIES.c.fingerprint,
+            POLICIES.c.actor,
+            POLICIES.c.created_at_us,
+        ).order_by(POLICIES.c.version)
+        return [dict(row._mapping) for row in self.connection.execute(query)]
+
+    # --- the ledger ----------------------------------------------------------------------
+
+    def ledger_events(self, event_ids: Iterable[str]) -> dict[str, RawEvent]:
+        """Stored raw rows of the given event ids (those the ledger has)."""
+        ids = sorted(set(event_ids))
+        found: dict[str, RawEvent] = {}
+        for chunk in _chunks(ids):
+            query = select(*(EVENTS.c[name] for name in EVENT_FIELDS)).where(
+                self._among(EVENTS.c.event_id, chunk)
+            )
+            for row in self.connection.execute(query):
+                found[row.event_id] = dict(row._mapping)
+        return found
+
+    def placed_orders(self, order_ids: Iterable[str]) -> dict[str, PlacedOrder]:
+        ids = sorted(set(order_ids))
+        found: dict[str, PlacedOrder] = {}
+        for chunk in _chunks(ids):
+            query = select(ORDERS).where(self._among(ORDERS.c.order_id, chunk))
+            for row in self.connection.execute(query):
+                found[row.order_id] = PlacedOrder(
+                    row.customer_id, row.placed_at_us, row.placed_event_id
+                )
+        return found
+
+    def add_events(self, accepted: Sequence[tuple[OrderEvent, RawEvent]], now_us: int) -> None:
+        """Append accepted events: normalized ids, raw time and money as delivered."""
+        rows = [
+            {
+                "event_id": event.event_id,
+                "event_type": str(event.event_type),
+                "order_id": event.order_id,
+                "customer_id": event.customer_id,
+                "occurred_at": raw["occurred_at"],
+                "at_us": event.at_us,
+                "amount": raw["amount"],
+                "currency": raw["currency"],
+                "channel": raw["channel"],
+                "region": raw["region"],
+                "received_at_us": now_us,
+            }
+            for event, raw in accepted
+        ]
+        self._insert_rows(EVENTS, rows)
+        orders = [
+            {
+                "order_id": event.order_id,
+                "customer_id": event.customer_id,
+                "placed_event_id": event.event_id,
+                "placed_at_us": event.at_us,
+            }
+            for event, _ in accepted
+            if event.event_type == "placed"
+        ]
+        self._insert_rows(ORDERS, orders)
+
+    def add_rejects(self, rejects: Sequence[Mapping[str, Any]], now_us: int) -> None:
+        rows = [
+            {
+                "event_id": item["event_id"],
+                "reason": item["reason"],
+                "detail": item["detail"],
+                "raw": json.dumps(item["raw"], sort_keys=True),
+                "received_at_us": now_us,
+            }
+            for item in rejects
+        ]
+        if rows:
+            self.connection.execute(REJECTS.insert(), rows)
+
+    def customer_events(
+        self, customer_ids: Sequence[str], policy: Policy
+    ) -> tuple[dict[str, list[OrderEvent]], dict[str, int]]:
+        """Every ledger event of the given customers as engine events under ``policy``,
+        and how many ledger rows each customer has (rows the policy cannot read included).
+
+        The hot path of every batch: customers in the process's ledger cache only
+        read their rows after the last id seen (see ``cache``), the others all
+        their rows; plain driver SQL, one statement per chunk.
+        """
+        reader = LedgerReader(policy)
+        known = {} if self.cache is None else self.cache.lookup(customer_ids, policy.fingerprint)
+        events = {c: list(known[c].events) if c in known else [] for c in customer_ids}
+        sizes = {c: known[c].size if c in known else 0 for c in customer_ids}
+        last_ids = {c: known[c].last_id if c in known else 0 for c in customer_ids}
+        fresh = sorted(set(customer_ids) - known.keys())
+        rows = [
+            *self._ledger_rows(fresh),
+            *self._ledger_rows_after({c: e.last_id for c, e in known.items()}),
+        ]
+        for row in rows:
+            customer_id = row[4]
+            sizes[customer_id] += 1
+            last_ids[customer_id] = max(last_ids[customer_id], row[0])
+            event = reader.event(*row[1:])
+            if event is not None:
+                events[customer_id].append(event)
+        if self.cache is not None:
+            for customer_id in customer_ids:
+                self.staged[customer_id] = CachedLedger(
+                    policy.fingerprint,
+                    last_ids[customer_id],
+                    sizes[customer_id],
+                    tuple(events[customer_id]),
+                )
+        return events, sizes
+
+    def _ledger_rows(self, customer_ids: Sequence[str]) -> list[Any]:
+        """``(id, *LEDGER_COLUMNS)`` rows of the given customers."""
+        columns = ", ".join(["id", *LEDGER_COLUMNS])
+        rows: list[Any] = []
+        for chunk in _chunks(customer_ids):
+            if self.dialect == "postgresql":
+                sql = f"SELECT {columns} FROM order_events WHERE customer_id = ANY(%s)"
+                parameters: Any = (list(chunk),)
+            else:
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT {columns} FROM order_events WHERE customer_id IN ({marks})"
+                parameters = tuple(chunk)
+            rows.extend(self.connection.exec_driver_sql(sql, parameters).fetchall())
+        return rows
+
+    def _ledger_rows_after(self, last_ids: Mapping[str, int]) -> list[Any]:
+        """``(id, *LEDGER_COLUMNS)`` rows of each customer with an id above the one given."""
+        columns = ", ".join(f"e.{name}" for name in ["id", *LEDGER_COLUMNS])
+        rows: list[Any] = []
+        for chunk in _chunks(sorted(last_ids)):
+            if self.dialect == "postgresql":
+                sql = (
+                    f"SELECT {columns} FROM unnest(%s::text[], %s::bigint[]) AS w(customer_id, after) "
+                    "JOIN order_events e ON e.customer_id = w.customer_id AND e.id > w.after"
+                )
+                parameters: Any = (list(chunk), [last_ids[c] for c in chunk])
+            else:
+                values = ", ".join(["(?, ?)"] * len(chunk))
+                sql = (
+                    f"SELECT {columns} FROM (VALUES {values}) AS w "
+                    "JOIN order_events e ON e.customer_id = w.column1 AND e.id > w.column2"
+                )
+                parameters = tuple(v for c in chunk for v in (c, last_ids[c]))
+            rows.extend(self.connection.exec_driver_sql(sql, parameters).fetchall())
+        return rows
+
+    def ledger_frame(self) -> pd.DataFrame:
+        """The whole ledger as raw canonical rows plus ``at_us``, in arrival order."""
+        columns = [EVENTS.c[name] for name in EVENT_FIELDS]
+        return self._frame(
+            select(*columns, EVENTS.c.at_us).order_by(EVENTS.c.id), [*EVENT_FIELDS, "at_us"]
+        )
+
+    def count(self, table: str) -> int:
+        tables = {t.name: t for t in (EVENTS, ORDERS, CUSTOMERS, STATES, AUDIT, OUTBOX, REJECTS)}
+        return int(
+            self.connection.execute(select(func.count()).select_from(tables[table])).scalar()
+        )
+
+    # --- tier state ------------------------------------------------------------------------
+
+    def tier_states(self, customer_ids: Sequence[str]) -> dict[str, TierState]:
+        states: dict[str, TierState] = {}
+        for chunk in _chunks(sorted(set(customer_ids))):
+            query = select(STATES).where(self._among(STATES.c.customer_id, chunk))
+            for row in self.connection.execute(query):
+                states[row.customer_id] = TierState(**row._mapping)
+        return states
+
+    def states_frame(self) -> pd.DataFrame:
+        """Every customer's stored state, one row each."""
+        return self._frame(select(STATES).order_by(STATES.c.customer_id), list(STATE_FIELDS))
+
+    def save_states(self, states: Iterable[TierState]) -> None:
+        self.save_state_rows([state.as_row() for state in states])
+
+    def save_state_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert or replace tier-state rows (dicts with every column of ``tier_state``)."""
+        updates = ", ".join(f"{name} = excluded.{name}" for name in STATE_FIELDS[1:])
+        self._insert_rows(STATES, rows, f"ON CONFLICT (customer_id) DO UPDATE SET {updates}")
+
+    def due_customers(self, now_us: int, limit: int) -> list[str]:
+        query = (
+            select(STATES.c.customer_id)
+            .where(STATES.c.next_due_at_us <= now_us)
+            .order_by(STATES.c.next_due_at_us, STATES.c.customer_id)
+            .limit(limit)
+        )
+        return list(self.connection.execute(query).scalars())
+
+    def due_customers_among(self, customer_ids: Sequence[str], now_us: int) -> list[str]:
+        """Those of ``customer_ids`` still due (re-read after locking them)."""
+        due: list[str] = []
+        for chunk in _chunks(sorted(set(customer_ids))):
+            query = select(STATES.c.customer_id).where(
+                self._among(STATES.c.customer_id, chunk), STATES.c.next_due_at_us <= now_us
+            )
+            due.extend(self.connection.execute(query).scalars())
+        return sorted(due)
+
+    def clock(self) -> int | None:
+        """The latest instant any customer has been evaluated at (the store's clock)."""
+        return self.connection.execute(select(func.max(STATES.c.evaluated_at_us))).scalar()
+
+    # --- overrides ------------------------------------------------------------------------
+
+    def open_overrides(self, customer_ids: Sequence[str]) -> dict[str, Override]:
+        """Each customer's latest override that was not cleared (it may have expired)."""
+        found: dict[str, Override] = {}
+        for chunk in _chunks(sorted(set(customer_ids))):
+            query = (
+                select(OVERRIDES)
+                .where(
+                    self._among(OVERRIDES.c.customer_id, chunk), OVERRIDES.c.cleared_at_us.is_(None)
+                )
+                .order_by(OVERRIDES.c.id)
+            )
+            for row in self.connection.execute(query):
+                found[row.customer_id] = _override(row._mapping)
+        return found
+
+    def all_open_overrides(self) -> dict[str, Override]:
+        query = (
+            select(OVERRIDES).where(OVERRIDES.c.cleared_at_us.is_(None)).order_by(OVERRIDES.c.id)
+        )
+        return {row.customer_id: _override(row._mapping) for row in self.connection.execute(query)}
+
+    def add_override(
+        self,
+        customer_id: str,
+        tier: str,
+        actor: str,
+        reason: str,
+        set_at_us: int,
+        until_us: int | None,
+    ) -> Override:
+        inserted = self.connection.execute(
+            OVERRIDES.insert()
+            .values(
+                customer_id=customer_id,
+                tier=tier,
+                actor=actor,
+                reason=reason,
+                set_at_us=set_at_us,
+                until_us=until_us,
+            )
+            .returning(OVERRIDES.c.id)
+        ).scalar_one()
+        return Override(inserted, customer_id, tier, actor, reason, set_at_us, until_us)
+
+    def close_overrides(self, customer_id: str, at_us: int, actor: str) -> None:
+        """Mark the customer's open overrides cleared (a new one replaces them, or a clear)."""
+        self.connection.execute(
+            update(OVERRIDES)
+            .where(OVERRIDES.c.customer_id == customer_id, OVERRIDES.c.cleared_at_us.is_(None))
+            .values(cleared_at_us=at_us, cleared_by=actor)
+        )
+
+    def overrides_frame(self) -> pd.DataFrame:
+        return self._frame(select(OVERRIDES).order_by(OVERRIDES.c.id), OVERRIDES.columns.keys())
+
+    # --- audit and outbox -----------------------------------------------------------------
+
+    def add_audit(self, transitions: Sequence[Transition], version: int, now_us: int) -> None:
+        rows = [
+            {
+                "customer_id": t.customer_id,
+                "at_us": t.at_us,
+                "recorded_at_us": now_us,
+                "old_tier": t.old_tier,
+                "new_tier": t.new_tier,
+                "reason": t.reason,
+                "cause": t.cause,
+                "note": t.note,
+                "policy_version": version,
+                "actor": t.actor,
+            }
+            for t in transitions
+        ]
+        self._insert_rows(AUDIT, rows)
+
+    def add_outbox(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        self._insert_rows(OUTBOX, list(messages))
+
+    def audit_frame(self, since_us: int | None = None) -> pd.DataFrame:
+        query = select(AUDIT).order_by(AUDIT.c.id)
+        if since_us is not None:
+            query = query.where(AUDIT.c.recorded_at_us >= since_us)
+        return self._frame(query, AUDIT.columns.keys())
+
+    def outbox_frame(self) -> pd.DataFrame:
+        return self._frame(select(OUTBOX).order_by(OUTBOX.c.id), OUTBOX.columns.keys())
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _frame(self, query: Any, columns: Sequence[str]) -> pd.DataFrame:
+        """A query's rows as a frame, fetched as the driver's plain tuples (fast for millions)."""
+        result = self.connection.execute(query)
+        try:
+            rows = result.cursor.fetchall() if result.cursor is not None else []
+        finally:
+            result.close()
+        return pd.DataFrame.from_records(rows, columns=list(columns), coerce_float=False)
+
+    def _among(self, column: Any, keys: Sequence[str]) -> Any:
+        """``column IN keys``; on PostgreSQL ``column = ANY(array)``: one parameter, so the
+        statement text stays the same for any number of keys (and is prepared once)."""
+        if self.dialect == "postgresql":
+            return column == any_(literal(list(keys), type_=ARRAY(column.type)))
+        return column.in_(keys)
+
+    def _insert_rows(
+        self, table: Table, rows: Sequence[Mapping[str, Any]], conflict: str = ""
+    ) -> None:
+        """Insert many rows with one driver ``executemany`` (no per-row ORM or Core work).
+
+        ``conflict``: an ``ON CONFLICT ...`` clause (the same syntax on SQLite and PostgreSQL).
+        """
+        if not rows:
+            return
+        columns = list(rows[0])
+        names = ", ".join(columns)
+        if self.dialect == "postgresql":
+            # one statement whatever the row count: a column array per column, unnested
+            arrays = ", ".join(f"%s::{_PG_ARRAY[type(table.c[name].type)]}" for name in columns)
+            sql = f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}) {conflict}"
+            for chunk in _chunks(list(rows), 50_000):
+                self.connection.exec_driver_sql(
+                    sql, tuple([row[name] for row in chunk] for name in columns)
+                )
+            return
+        marks = ", ".join(["?"] * len(columns))
+        sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}) {conflict}"
+        self.connection.exec_driver_sql(sql, [tuple(row[name] for name in columns) for row in rows])
+
+
+_PG_ARRAY = {String: "text[]", Text: "text[]", BigInteger: "bigint[]", Integer: "integer[]"}
+
+
+def _override(row: Mapping[str, Any]) -> Override:
+    return Override(
+        row["id"],
+        row["customer_id"],
+        row["tier"],
+        row["actor"],
+        row["reason"],
+        row["set_at_us"],
+        row["until_us"],
+    )

@@ -1,0 +1,893 @@
+"""Use cases of the tier store: ingest events, sweep due customers, overrides, policy versions,
+exports.
+
+Each function opens one transaction (``unit_of_work.run_in_transaction``),
+calls the domain (``intake.admit`` for the ledger rules, ``evaluation.evaluate``
+which calls ``tier_ml.rules.replay``), writes the results, commits. Time is
+always passed in (``now_us``, epoch microseconds): the CLI is the only place
+that reads the clock, so backfills and tests choose theirs.
+
+- :func:`apply_events`: one transaction per batch; idempotent by ``event_id``;
+  every touched customer is re-evaluated from their whole ledger history and
+  their tier state, audit rows and outbox rows are written in that same
+  transaction. The first batch into an empty store records the policy in use
+  as version 1.
+- :func:`sweep`: re-evaluates customers whose ``next_due_at`` has come (a
+  pending order matures, an order leaves the window, a grace period ends, an
+  override expires), in chunks of one transaction each, so upgrades at
+  maturity happen without a new order.
+- :func:`set_override` / :func:`clear_override`: manual tiers, audited.
+- :func:`apply_policy`: a new policy version; every customer reclassified by
+  replaying their history under it on the batch path (``tier_ml.batch``).
+- :func:`export_tiers`: the ``classify`` columns from the stored state. With
+  ``now_us`` the customers due by then are re-evaluated *in memory* first
+  (nothing is written), so the export is the tiers at ``now_us`` even if no
+  sweep has run since; ``now_us`` may not be earlier than the store's clock.
+- :func:`export_audit`: the audit log for compliance.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine
+
+from tier_ml.events import EVENT_FIELDS, OrderEvent, check_row
+from tier_ml.money import micros_to_instant
+from tier_ml.policy import Policy, load_policy
+from tier_ml.rules import OUTPUT_COLUMNS
+from tier_ml.store.db import create_store_engine, upgrade_to_head
+from tier_ml.store.evaluation import (
+    SYSTEM_ACTOR,
+    Evaluation,
+    Notice,
+    Override,
+    TierState,
+    Transition,
+    evaluate,
+    notice_for,
+    with_override,
+)
+from tier_ml.store.intake import EventResult, Status, admit, canonical_raw
+from tier_ml.store.repository import STATE_FIELDS, ActivePolicy, Repository
+from tier_ml.store.unit_of_work import UnitOfWork, run_in_transaction
+
+SWEEP_CHUNK = 1_000
+NO_TIER = "(none)"
+TEXT_STATE_FIELDS = frozenset({"customer_id", "tier", "rules_tier", "eligible_tier", "region"})
+
+
+class StoreError(ValueError):
+    """A request the store refuses, with a message a person can act on."""
+
+
+def open_store(url: str) -> Engine:
+    """An engine for the store at ``url``, its schema migrated to the latest revision."""
+    engine = create_store_engine(url)
+    upgrade_to_head(engine)
+    return engine
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ApplyResult:
+    """What one batch did: a result per event, customers re-evaluated, audit rows written."""
+
+    results: list[EventResult]
+    customers: int
+    transitions: int
+    policy_version: int
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = {str(status): 0 for status in Status}
+        for result in self.results:
+            counts[str(result.status)] += 1
+        return counts
+
+    @property
+    def rejects_by_reason(self) -> dict[str, int]:
+        by_reason: dict[str, int] = {}
+        for result in self.results:
+            if result.reason is not None:
+                by_reason[result.reason] = by_reason.get(result.reason, 0) + 1
+        return dict(sorted(by_reason.items()))
+
+
+@dataclass
+class SweepResult:
+    customers: int = 0
+    transitions: int = 0
+
+
+@dataclass
+class PolicyApplyResult:
+    """A policy re-apply: the transitions matrix (old tier x new tier counts) and what was written."""
+
+    matrix: pd.DataFrame
+    customers: int
+    changed: int  # customers whose effective tier changes
+    version: int | None = None
+    states_written: int = 0
+    dry_run: bool = True
+    transitions: list[Transition] = field(default_factory=list)
+
+
+# --- the active policy -----------------------------------------------------------------------
+
+
+def _active_policy(repo: Repository, wanted: Policy | None, now_us: int) -> ActivePolicy:
+    """The stored active policy; an empty store records ``wanted`` (or the default) as version 1."""
+    active = repo.active_policy()
+    if active is None:
+        policy = wanted if wanted is not None else load_policy(None)
+        return repo.add_policy_version(policy, SYSTEM_ACTOR, now_us, None)
+    if wanted is not None and wanted.fingerprint != active.policy.fingerprint:
+        raise StoreError(
+            f"the store uses policy version {active.version} (fingerprint {active.policy.fingerprint}); "
+            f"the policy given has fingerprint {wanted.fingerprint}: change it with `tier-ml policy apply`"
+        )
+    return active
+
+
+def order_owners(engine: Engine, order_ids: Iterable[str]) -> dict[str, str]:
+    """The customer of each order the ledger knows (for adapters whose refunds name no customer)."""
+    ids = list(order_ids)
+    placed = run_in_transaction(engine, lambda uow: uow.repo.placed_orders(ids), read_only=True)
+    return {order_id: order.customer_id for order_id, order in placed.items()}
+
+
+def active_policy(engine: Engine) -> ActivePolicy | None:
+    return run_in_transaction(engine, lambda uow: uow.repo.active_policy(), read_only=True)
+
+
+def policy_versions(engine: Engine) -> tuple[list[dict[str, Any]], ActivePolicy | None]:
+    """Every stored policy version (oldest first) and the active one."""
+
+    def work(uow: UnitOfWork) -> tuple[list[dict[str, Any]], ActivePolicy | None]:
+        return uow.repo.policy_versions(), uow.repo.active_policy()
+
+    return run_in_transaction(engine, work, read_only=True)
+
+
+# --- ingest ----------------------------------------------------------------------------------
+
+
+def apply_events(
+    engine: Engine,
+    rows: Sequence[Mapping[str, Any]],
+    now_us: int,
+    policy: Policy | None = None,
+) -> ApplyResult:
+    """Apply one batch of raw canonical events at ``now_us`` in one transaction.
+
+    ``policy`` is only needed for an empty store (it becomes version 1; default:
+    the packaged policy); when given for a store that already has a policy it
+    must be the active one.
+    """
+    raws = [canonical_raw(row) for row in rows]
+
+    def work(uow: UnitOfWork) -> ApplyResult:
+        repo = uow.repo
+        active = _active_policy(repo, policy, now_us)
+        checked = [check_row(raw, active.policy) for raw in raws]
+        good = [event for event in checked if isinstance(event, OrderEvent)]
+        customers = sorted({event.customer_id for event in good})
+        repo.ensure_customers(customers, now_us)
+        repo.lock_customers(customers)
+        admission = admit(
+            raws,
+            active.policy,
+            repo.ledger_events(e.event_id for e in good),
+            repo.placed_orders(e.order_id for e in good),
+            checked=checked,
+        )
+        repo.add_events(admission.accepted, now_us)
+        repo.add_rejects(_rejects(admission.results, raws), now_us)
+        touched = sorted({event.customer_id for event, _ in admission.accepted})
+        evaluations = _reevaluate(repo, active, touched, now_us)
+        return ApplyResult(
+            admission.results,
+            len(evaluations),
+            sum(len(e.transitions) for e in evaluations),
+            active.version,
+        )
+
+    return run_in_transaction(engine, work)
+
+
+def _rejects(
+    results: Iterable[EventResult], raws: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": r.event_id,
+            "reason": r.reason,
+            "detail": r.detail,
+            "raw": raws[r.position],
+        }
+        for r in results
+        if r.status == Status.REJECTED
+    ]
+
+
+def _evaluate_customers(
+    repo: Repository, active: ActivePolicy, customer_ids: Sequence[str], now_us: int
+) -> tuple[list[Evaluation], dict[str, int], dict[str, Override]]:
+    """Evaluate customers (nothing written): evaluations, ledger sizes, open overrides."""
+    events, sizes = repo.customer_events(customer_ids, active.policy)
+    states = repo.tier_states(customer_ids)
+    overrides = repo.open_overrides(customer_ids)
+    evaluations = []
+    for customer_id in customer_ids:
+        evaluations.append(
+            evaluate(
+                active.policy,
+                customer_id,
+                events[customer_id],
+                states.get(customer_id),
+                overrides.get(customer_id),
+                now_us,
+                active.created_at_us,
+            )
+        )
+    return evaluations, sizes, overrides
+
+
+def _reevaluate(
+    repo: Repository, active: ActivePolicy, customer_ids: Sequence[str], now_us: int
+) -> list[Evaluation]:
+    """Evaluate customers and write their states, audit rows and outbox rows."""
+    evaluations, sizes, _ = _evaluate_customers(repo, active, customer_ids, now_us)
+    _record(repo, active, evaluations, sizes, now_us)
+    return evaluations
+
+
+def _record(
+    repo: Repository,
+    active: ActivePolicy,
+    evaluations: Sequence[Evaluation],
+    ledger_sizes: Mapping[str, int],
+    now_us: int,
+    salt: str = "",
+) -> None:
+    repo.save_states(e.state for e in evaluations)
+    transitions = [t for e in evaluations for t in e.transitions]
+    repo.add_audit(transitions, active.version, now_us)
+    messages = []
+    for evaluation in evaluations:
+        notice = notice_for(
+            active.policy, evaluation.previous_tier, evaluation.state, evaluation.transitions
+        )
+        if notice is not None:
+            size = ledger_sizes.get(notice.customer_id, 0)
+            messages.append(_outbox_row(notice, active.version, now_us, size, salt))
+    repo.add_outbox(messages)
+
+
+def _outbox_row(
+    notice: Notice, version: int, now_us: int, ledger_size: int, salt: str
+) -> dict[str, Any]:
+    key = notice.idempotency_key(now_us, ledger_size, salt)
+    payload = {
+        "kind": notice.kind,
+        "customer_id": notice.customer_id,
+        "old_tier": notice.old_tier,
+        "new_tier": notice.new_tier,
+        "at": iso_instant(notice.at_us),
+        "policy_version": version,
+        "idempotency_key": key,
+    }
+    return {
+        "idempotency_key": key,
+        "kind": notice.kind,
+        "customer_id": notice.customer_id,
+        "payload": json.dumps(payload, sort_keys=True),
+        "created_at_us": now_us,
+        "delivered_at_us": None,
+    }
+
+
+# --- sweep -----------------------------------------------------------------------------------
+
+
+def sweep(engine: Engine, now_us: int, chunk: int = SWEEP_CHUNK) -> SweepResult:
+    """Re-evaluate every customer whose next due time is at or before ``now_us``."""
+    total = SweepResult()
+    while True:
+
+        def work(uow: UnitOfWork) -> tuple[int, int]:
+            repo = uow.repo
+            active = repo.active_policy()
+            if active is None:
+                return 0, 0
+            due = repo.due_customers(now_us, chunk)
+            repo.lock_customers(due)
+            due = repo.due_customers_among(due, now_us)  # a concurrent writer may have done them
+            evaluations = _reevaluate(repo, active, due, now_us)
+            return len(due), sum(len(e.transitions) for e in evaluations)
+
+        customers, transitions = run_in_transaction(engine, work)
+        total.customers += customers
+        total.transitions += transitions
+        if customers < chunk:
+            return total
+
+
+# --- overrides -------------------------------------------------------------------------------
+
+
+def set_override(
+    engine: Engine,
+    customer_id: str,
+    tier: str,
+    actor: str,
+    reason: str,
+    now_us: int,
+    until_us: int | None = None,
+) -> TierState:
+    """Give a customer ``tier`` until ``until_us`` (or until cleared), whatever the rules say.
+
+    The customer is first brought up to ``now_us`` by the rules (their own audit
+    rows), then the override is audited (reason ``override``, the actor and
+    their reason). A new override replaces an open one.
+    """
+    _require_text(actor=actor, reason=reason)
+
+    def work(uow: UnitOfWork) -> TierState:
+        repo = uow.repo
+        active = _existing_policy(repo)
+        if tier not in active.policy.tier_names:
+            raise StoreError(
+                f"unknown tier {tier!r}; the policy's tiers are {active.policy.tier_names}"
+            )
+        evaluation, size = _evaluate_known_customer(repo, active, customer_id, now_us)
+        at_us = evaluation.state.evaluated_at_us
+        if until_us is not None and until_us <= at_us:
+            raise StoreError(
+                f"--until {iso_instant(until_us)} is not after now ({iso_instant(at_us)})"
+            )
+        repo.close_overrides(customer_id, at_us, actor)
+        override = repo.add_override(customer_id, tier, actor, reason, at_us, until_us)
+        state = with_override(evaluation.rules_state, override)
+        change = Transition(
+            customer_id,
+            at_us,
+            evaluation.state.tier,
+            tier,
+            "override",
+            "override_set",
+            actor,
+            reason,
+        )
+        final = Evaluation(
+            state,
+            evaluation.rules_state,
+            [*evaluation.transitions, change],
+            evaluation.previous_tier,
+        )
+        _record(repo, active, [final], {customer_id: size}, now_us, salt=f"override-{override.id}")
+        return state
+
+    return run_in_transaction(engine, work)
+
+
+def clear_override(
+    engine: Engine, customer_id: str, actor: str, reason: str, now_us: int
+) -> TierState:
+    """End a customer's active override now: the rules tier applies again (audited)."""
+    _require_text(actor=actor, reason=reason)
+
+    def work(uow: UnitOfWork) -> TierState:
+        repo = uow.repo
+        active = _existing_policy(repo)
+        evaluation, size = _evaluate_known_customer(repo, active, customer_id, now_us)
+        at_us = evaluation.state.evaluated_at_us
+        current = repo.open_overrides([customer_id]).get(customer_id)
+        if current is None or not current.active_after(at_us):
+            raise StoreError(f"customer {customer_id} has no active override")
+        repo.close_overrides(customer_id, at_us, actor)
+        state = evaluation.rules_state
+        change = Transition(
+            customer_id,
+            at_us,
+            evaluation.state.tier,
+            state.tier,
+            "override",
+            "override_cleared",
+            actor,
+            reason,
+        )
+        final = Evaluation(
+            state, state, [*evaluation.transitions, change], evaluation.previous_tier
+        )
+        _record(repo, active, [final], {customer_id: size}, now_us, salt=f"clear-{current.id}")
+        return state
+
+    return run_in_transaction(engine, work)
+
+
+OVERRIDE_COLUMNS = (
+    "id",
+    "customer_id",
+    "tier",
+    "status",
+    "actor",
+    "reason",
+    "set_at",
+    "until",
+    "cleared_at",
+    "cleared_by",
+)
+
+
+def list_overrides(engine: Engine, now_us: int) -> pd.DataFrame:
+    """Every override with its status at ``now_us``: ``active``, ``expired`` or ``cleared``
+    (a replaced override is cleared by whoever set the new one)."""
+    frame = run_in_transaction(engine, lambda uow: uow.repo.overrides_frame(), read_only=True)
+    cleared = frame["cleared_at_us"].notna()
+    expired = ~cleared & frame["until_us"].notna() & (frame["until_us"].fillna(0) <= now_us)
+    out = frame[["id", "customer_id", "tier", "actor", "reason", "cleared_by"]].copy()
+    out["status"] = np.select([cleared, expired], ["cleared", "expired"], default="active")
+    out["set_at"] = iso_instants(frame["set_at_us"])
+    out["until"] = iso_instants(frame["until_us"])
+    out["cleared_at"] = iso_instants(frame["cleared_at_us"])
+    return _nulls_as_none(out[list(OVERRIDE_COLUMNS)])
+
+
+def _require_text(**values: str) -> None:
+    for name, value in values.items():
+        if not value or not value.strip():
+            raise StoreError(f"{name} is required (who did it and why, for the audit log)")
+
+
+def _existing_policy(repo: Repository) -> ActivePolicy:
+    active = repo.active_policy()
+    if active is None:
+        raise StoreError("the store is empty: ingest events first")
+    return active
+
+
+def _evaluate_known_customer(
+    repo: Repository, active: ActivePolicy, customer_id: str, now_us: int
+) -> tuple[Evaluation, int]:
+    repo.lock_customers([customer_id])
+    evaluations, sizes, _ = _evaluate_customers(repo, active, [customer_id], now_us)
+    evaluation = evaluations[0]
+    if evaluation.state.tier is None:
+        raise StoreError(f"customer {customer_id!r} has no order in the store")
+    return evaluation, sizes[customer_id]
+
+
+# --- exports ---------------------------------------------------------------------------------
+
+
+def iso_instant(micros: int) -> str:
+    """An instant as ISO 8601 UTC with ``Z`` (fraction only when there is one), as ``classify`` writes it."""
+    instant = micros_to_instant(int(micros))
+    text = instant.strftime("%Y-%m-%dT%H:%M:%S.%f").removesuffix(".000000")
+    return text + "Z"
+
+
+def iso_instants(micros: pd.Series) -> pd.Series:
+    """``iso_instant`` over a column (nulls stay null)."""
+    values = pd.to_numeric(micros, errors="coerce")
+    present = values.notna()
+    out = pd.Series([None] * len(values), index=values.index, dtype=object)
+    if present.any():
+        us = values[present].astype("int64")
+        stamps = pd.to_datetime(us, unit="us", utc=True)
+        text = stamps.dt.strftime("%Y-%m-%dT%H:%M:%S")
+        fraction = us % 1_000_000
+        text = text.where(fraction == 0, text + "." + fraction.astype(str).str.zfill(6))
+        out[present] = (text + "Z").to_numpy()
+    return out
+
+
+def _money(micros: pd.Series) -> pd.Series:
+    """Micro-units to money rounded to cents, half up (``tier_ml.money.micros_to_money``)."""
+    return ((micros.astype("int64") + 5_000) // 10_000) / 100
+
+
+def tiers_frame(states: pd.DataFrame, policy: Policy) -> pd.DataFrame:
+    """Stored states (customers with a tier) as the ``classify`` output columns."""
+    states = states[states["tier"].notna()].sort_values("customer_id").reset_index(drop=True)
+    names = policy.tier_names
+    rank = states["tier"].map({name: i for i, name in enumerate(names)})
+    top = len(names) - 1
+    next_tier = [names[int(r) + 1] if r == r and r < top else None for r in rank]
+    to_next = [
+        None
+        if not (r == r and r < top)
+        else max(0, policy.thresholds_us(region)[int(r) + 1] - int(spend))
+        for r, region, spend in zip(rank, states["region"], states["qualifying_us"], strict=True)
+    ]
+    out = pd.DataFrame(
+        {
+            "customer_id": states["customer_id"],
+            "tier": states["tier"],
+            "qualifying_spend": _money(states["qualifying_us"]),
+            "pending_spend": _money(states["pending_us"]),
+            "eligible_tier": states["eligible_tier"],
+            "tier_since": iso_instants(states["tier_since_us"]),
+            "qualifying_orders": states["qualifying_orders"].astype("int64"),
+            "next_tier": next_tier,
+            "spend_to_next_tier": [
+                None if v is None else ((v + 5_000) // 10_000) / 100 for v in to_next
+            ],
+            "region": states["region"],
+            "last_order_at": iso_instants(states["last_order_at_us"]),
+            "grace_ends_at": iso_instants(states["grace_ends_at_us"]),
+            "next_change_at": iso_instants(states["next_change_at_us"]),
+            "tier_changes": states["tier_changes"].astype("int64"),
+        }
+    )
+    return out[list(OUTPUT_COLUMNS)]
+
+
+def _current_states(repo: Repository, active: ActivePolicy, now_us: int | None) -> pd.DataFrame:
+    """Stored states, with customers due by ``now_us`` re-evaluated in memory (not written)."""
+    states = typed_states(repo.states_frame())
+    if now_us is None or states.empty:
+        return states
+    clock = repo.clock()
+    if clock is not None and now_us < max(clock, active.created_at_us):
+        raise StoreError(
+            f"the store has evaluated customers up to {iso_instant(max(clock, active.created_at_us))}; "
+            f"it cannot report the earlier instant {iso_instant(now_us)} (use `tier-ml classify` on the ledger)"
+        )
+    due = states.loc[
+        states["next_due_at_us"].notna() & (states["next_due_at_us"] <= now_us), "customer_id"
+    ]
+    if due.empty:
+        return states
+    evaluations, _, _ = _evaluate_customers(repo, active, list(due), now_us)
+    fresh = typed_states(pd.DataFrame([e.state.as_row() for e in evaluations]))
+    kept = states[~states["customer_id"].isin(set(due))]
+    merged = pd.concat([kept, fresh], ignore_index=True)
+    return merged.sort_values("customer_id", ignore_index=True)
+
+
+def export_tiers(engine: Engine, now_us: int | None = None) -> pd.DataFrame:
+    """Every customer's tier as the ``classify`` columns (see the module docstring for ``now_us``)."""
+
+    def work(uow: UnitOfWork) -> pd.DataFrame:
+        active = uow.repo.active_policy()
+        if active is None:
+            return pd.DataFrame(columns=list(OUTPUT_COLUMNS))
+        return tiers_frame(_current_states(uow.repo, active, now_us), active.policy)
+
+    return run_in_transaction(engine, work, read_only=True)
+
+
+AUDIT_COLUMNS = (
+    "id",
+    "customer_id",
+    "at",
+    "recorded_at",
+    "old_tier",
+    "new_tier",
+    "reason",
+    "cause",
+    "note",
+    "policy_version",
+    "actor",
+)
+
+
+def export_audit(engine: Engine, since_us: int | None = None) -> pd.DataFrame:
+    """Audit rows recorded at or after ``since_us``, in the order they were written.
+
+    Filtering on the recording time (not the time a change took effect) means
+    consecutive exports never miss a row, even a correction dated in the past.
+    """
+    frame = run_in_transaction(engine, lambda uow: uow.repo.audit_frame(since_us), read_only=True)
+    frame["at"] = iso_instants(frame["at_us"])
+    frame["recorded_at"] = iso_instants(frame["recorded_at_us"])
+    return _nulls_as_none(frame[list(AUDIT_COLUMNS)].reset_index(drop=True))
+
+
+def _nulls_as_none(frame: pd.DataFrame) -> pd.DataFrame:
+    """Missing values as None (text columns stay text, integer columns stay integers)."""
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def export_outbox(engine: Engine) -> pd.DataFrame:
+    return run_in_transaction(engine, lambda uow: uow.repo.outbox_frame(), read_only=True)
+
+
+def export_ledger(engine: Engine) -> pd.DataFrame:
+    """The ledger as canonical raw rows, in arrival order."""
+    frame = run_in_transaction(engine, lambda uow: uow.repo.ledger_frame(), read_only=True)
+    return frame[list(EVENT_FIELDS)]
+
+
+# --- policy versions -------------------------------------------------------------------------
+
+
+def apply_policy(
+    engine: Engine,
+    policy: Policy,
+    actor: str,
+    now_us: int,
+    *,
+    dry_run: bool = False,
+    source_text: str | None = None,
+) -> PolicyApplyResult:
+    """Reclassify every customer under ``policy`` at ``now_us`` (``dry_run``: only the matrix).
+
+    The ledger is replayed on the batch path (``tier_ml.batch.classify_frame``).
+    Without ``dry_run``, in one transaction that holds every other writer off:
+    customers due under the old policy are first brought up to ``now_us`` (their
+    own audit rows), the new version is stored, and every customer whose state
+    differs is rewritten, with a ``reclassification`` audit row (cause
+    ``policy``, the actor) and an outbox message when the effective tier changes.
+    Active overrides keep their tier; their tier must exist in the new policy.
+    """
+    _require_text(actor=actor)
+    if dry_run:
+        return run_in_transaction(
+            engine, lambda uow: _policy_plan(uow.repo, policy, now_us).result(), read_only=True
+        )
+
+    def work(uow: UnitOfWork) -> PolicyApplyResult:
+        repo = uow.repo
+        old = _existing_policy(repo)
+        _check_clock(repo, old, now_us)
+        due = repo.due_customers(now_us, limit=2**62)
+        _reevaluate(repo, old, due, now_us)
+        plan = _policy_plan(repo, policy, now_us)
+        new = repo.add_policy_version(policy, actor, now_us, source_text)
+        changed = plan.changed_rows()
+        repo.save_state_rows(changed)
+        transitions = plan.transitions(actor)
+        repo.add_audit(transitions, new.version, now_us)
+        messages = [
+            _outbox_row(n, new.version, now_us, 0, f"policy-{new.version}")
+            for n in plan.notices(transitions)
+        ]
+        repo.add_outbox(messages)
+        result = plan.result()
+        result.version, result.dry_run, result.states_written = new.version, False, len(changed)
+        result.transitions = transitions
+        return result
+
+    return run_in_transaction(engine, work, exclusive=True)
+
+
+def _check_clock(repo: Repository, active: ActivePolicy, now_us: int) -> None:
+    latest = max(repo.clock() or active.created_at_us, active.created_at_us)
+    if now_us < latest:
+        raise StoreError(
+            f"--now {iso_instant(now_us)} is before the store's clock ({iso_instant(latest)}); "
+            "a policy applies from now on"
+        )
+
+
+@dataclass
+class _PolicyPlan:
+    """The state every customer gets under a new policy, beside their current one."""
+
+    policy: Policy
+    now_us: int
+    merged: pd.DataFrame  # current state columns suffixed _old, proposed ones unsuffixed
+
+    def result(self) -> PolicyApplyResult:
+        old = self.merged["tier_old"].fillna(NO_TIER)
+        new = self.merged["tier"].fillna(NO_TIER)
+        seen = (old != NO_TIER) | (new != NO_TIER)
+        matrix = pd.crosstab(old[seen].rename("old tier"), new[seen].rename("new tier"))
+        return PolicyApplyResult(
+            matrix=matrix, customers=int(seen.sum()), changed=int((old != new)[seen].sum())
+        )
+
+    def changed_rows(self) -> list[dict[str, Any]]:
+        """The tier-state rows that differ from the stored ones (unchanged rows stay as they
+        are: the policy version's ``created_at`` counts as their evaluation instant)."""
+        differs = pd.Series(False, index=self.merged.index)
+        for name in STATE_FIELDS:
+            if name in {"customer_id", "evaluated_at_us"}:
+                continue
+            old, new = self.merged[f"{name}_old"], self.merged[name]
+            same = (old == new).fillna(False).astype(bool) | (old.isna() & new.isna())
+            differs |= ~same
+        changed = self.merged.loc[differs, list(STATE_FIELDS)]
+        return _nulls_as_none(changed).to_dict("records")
+
+    def transitions(self, actor: str) -> list[Transition]:
+        old = self.merged["tier_old"].fillna(NO_TIER)
+        new = self.merged["tier"].fillna(NO_TIER)
+        moved = self.merged[old != new]
+        return [
+            Transition(c, self.now_us, _none(o), _none(n), "reclassification", "policy", actor)
+            for c, o, n in zip(moved["customer_id"], moved["tier_old"], moved["tier"], strict=True)
+        ]
+
+    def notices(self, transitions: Sequence[Transition]) -> list[Notice]:
+        notices = []
+        for t in transitions:
+            if t.new_tier is None:
+                continue
+            if t.old_tier is None:
+                notices.append(Notice("welcome", t.customer_id, None, t.new_tier, t.at_us))
+                continue
+            up = self.policy.tier_names.index(t.new_tier) > _rank(self.policy, t.old_tier)
+            kind = "tier_upgraded" if up else "tier_downgraded"
+            notices.append(Notice(kind, t.customer_id, t.old_tier, t.new_tier, t.at_us))
+        return notices
+
+
+def _rank(policy: Policy, tier: str) -> int:
+    return policy.tier_names.index(tier) if tier in policy.tier_names else -1
+
+
+def _none(value: Any) -> Any:
+    return None if value is None or value is pd.NA or value != value else value
+
+
+def typed_states(frame: pd.DataFrame) -> pd.DataFrame:
+    """Tier-state rows with nullable integer and text columns (comparable, NULL-safe)."""
+    frame = frame.reindex(columns=list(STATE_FIELDS))
+    for name in STATE_FIELDS:
+        if name in TEXT_STATE_FIELDS:
+            frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
+        else:
+            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("Int64")
+    return frame
+
+
+def state_records(frame: pd.DataFrame) -> list[TierState]:
+    """Typed tier-state rows as :class:`TierState` values."""
+    states = []
+    for record in frame.to_dict("records"):
+        values = {
+            name: None
+            if _none(value) is None
+            else (value if name in TEXT_STATE_FIELDS else int(value))
+            for name, value in record.items()
+        }
+        states.append(TierState(**values))
+    return states
+
+
+def _policy_plan(repo: Repository, policy: Policy, now_us: int) -> _PolicyPlan:
+    active = _existing_policy(repo)
+    _check_clock(repo, active, now_us)
+    current = _current_states(repo, active, now_us)
+    ledger = repo.ledger_frame()
+    tiers = _classify_ledger(policy, ledger, now_us)
+    proposed = _states_from_tiers(tiers, current["customer_id"], now_us)
+    proposed["next_due_at_us"] = _next_due_column(proposed, ledger, policy, now_us)
+    proposed = _with_overrides(proposed, repo.all_open_overrides(), policy, now_us)
+    merged = current.merge(proposed, on="customer_id", how="outer", suffixes=("_old", ""))
+    return _PolicyPlan(policy, now_us, merged)
+
+
+def _classify_ledger(policy: Policy, ledger: pd.DataFrame, now_us: int) -> pd.DataFrame:
+    """``classify`` of the whole ledger on the batch path (DuckDB), as of ``now_us``.
+
+    The ledger goes through a temporary Parquet file of text columns: DuckDB
+    reads it natively, so millions of rows need no per-value Python work.
+    """
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tier_ml.batch import classify_frame  # DuckDB: loaded only for a policy change
+
+    schema = pa.schema([(name, pa.string()) for name in EVENT_FIELDS])
+    table = pa.Table.from_pandas(ledger[list(EVENT_FIELDS)], schema=schema, preserve_index=False)
+    with tempfile.TemporaryDirectory(prefix="tier-ml-ledger-") as folder:
+        path = Path(folder) / "ledger.parquet"
+        pq.write_table(table, path)
+        tiers, _rejects = classify_frame(policy, path, now_us)
+    return tiers
+
+
+def _instants_us(column: pd.Series) -> pd.Series:
+    """ISO 8601 instants (the batch path's text) as epoch microseconds, nullable."""
+    instants = pd.to_datetime(column, utc=True, format="ISO8601").dt.as_unit("us").array
+    micros = pd.arrays.IntegerArray(instants.asi8.copy(), np.asarray(instants.isna()))
+    return pd.Series(micros, index=column.index)
+
+
+def _money_us(column: pd.Series) -> pd.Series:
+    """Money as micro-units, computed as ``tier_ml.money.to_micros`` does (same doubles)."""
+    values = pd.to_numeric(column).astype("float64").to_numpy()
+    return pd.Series(np.floor(values * 1e6 + 0.5).astype("int64"), index=column.index)
+
+
+def _states_from_tiers(tiers: pd.DataFrame, known: pd.Series, now_us: int) -> pd.DataFrame:
+    """The batch path's output as tier-state rows (money exact to the cent), plus an empty
+    state for every known customer without a row (no order at or before ``now_us``)."""
+    rules = pd.DataFrame(
+        {
+            "customer_id": tiers["customer_id"].astype(str),
+            "tier": tiers["tier"],
+            "rules_tier": tiers["tier"],
+            "eligible_tier": tiers["eligible_tier"],
+            "tier_since_us": _instants_us(tiers["tier_since"]),
+            "qualifying_us": _money_us(tiers["qualifying_spend"]),
+            "pending_us": _money_us(tiers["pending_spend"]),
+            "qualifying_orders": tiers["qualifying_orders"],
+            "region": tiers["region"],
+            "last_order_at_us": _instants_us(tiers["last_order_at"]),
+            "grace_ends_at_us": _instants_us(tiers["grace_ends_at"]),
+            "next_change_at_us": _instants_us(tiers["next_change_at"]),
+            "tier_changes": tiers["tier_changes"],
+        }
+    )
+    missing = sorted(set(known) - set(rules["customer_id"]))
+    empty = pd.DataFrame(
+        {
+            "customer_id": missing,
+            "qualifying_us": 0,
+            "pending_us": 0,
+            "qualifying_orders": 0,
+            "tier_changes": 0,
+        }
+    )
+    states = pd.concat([rules, empty], ignore_index=True) if missing else rules
+    states["evaluated_at_us"] = now_us
+    return typed_states(states)
+
+
+def _next_due_column(
+    states: pd.DataFrame, ledger: pd.DataFrame, policy: Policy, now_us: int
+) -> pd.Series:
+    """``next_due_at_us`` as ``evaluation._next_due`` defines it, for every customer at once."""
+    at = ledger["at_us"].astype("int64")
+    customer = ledger["customer_id"]
+    maturing = (
+        (ledger["event_type"] == "placed") & (at <= now_us) & (at + policy.buffer_us > now_us)
+    )
+    future = at > now_us
+    soonest = (
+        pd.concat(
+            [
+                (at[maturing] + policy.buffer_us).groupby(customer[maturing]).min(),
+                at[future].groupby(customer[future]).min(),
+            ]
+        )
+        .groupby(level=0)
+        .min()
+    )
+    candidates = pd.DataFrame(
+        {
+            "event": states["customer_id"].map(soonest).astype("Int64"),
+            "change": states["next_change_at_us"],
+        }
+    )
+    return candidates.min(axis=1, skipna=True).astype("Int64")
+
+
+def _with_overrides(
+    states: pd.DataFrame, overrides: Mapping[str, Override], policy: Policy, now_us: int
+) -> pd.DataFrame:
+    """Apply the overrides still active at ``now_us`` on top of the rules states."""
+    live = {c: o for c, o in overrides.items() if o.active_after(now_us)}
+    unknown = sorted(c for c, o in live.items() if o.tier not in policy.tier_names)
+    if unknown:
+        raise StoreError(
+            f"active overrides name tiers the new policy does not have (customers {unknown[:5]}); "
+            "clear them first"
+        )
+    if not live:
+        return states
+    states = states.set_index("customer_id", drop=False)
+    for customer_id, override in live.items():
+        if customer_id not in states.index or states.at[customer_id, "tier"] is None:
+            continue
+        (rules_state,) = state_records(states.loc[[customer_id]])
+        for name, value in with_override(rules_state, override).as_row().items():
+            states.at[customer_id, name] = value
+    return typed_states(states.reset_index(drop=True))
