@@ -274,6 +274,7 @@ def ingest(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from tier_ml.store.cache import freeze_long_lived, thaw_long_lived
     from tier_ml.store.service import apply_events
 
     now_us = _now(now)
@@ -294,17 +295,21 @@ def ingest(
             transient=True,
         )
         with progress:
-            task = progress.add_task("ingest", total=len(rows))
-            for start in range(0, len(rows), batch_size):
-                batch = rows[start : start + batch_size]
-                result = apply_events(engine, batch, now_us, policy=rules)
-                for key, value in result.counts.items():
-                    counts[key] = counts.get(key, 0) + value
-                for key, value in result.rejects_by_reason.items():
-                    reasons[key] = reasons.get(key, 0) + value
-                customers += result.customers
-                transitions += result.transitions
-                progress.advance(task, len(batch))
+            try:
+                task = progress.add_task("ingest", total=len(rows))
+                for start in range(0, len(rows), batch_size):
+                    batch = rows[start : start + batch_size]
+                    result = apply_events(engine, batch, now_us, policy=rules)
+                    for key, value in result.counts.items():
+                        counts[key] = counts.get(key, 0) + value
+                    for key, value in result.rejects_by_reason.items():
+                        reasons[key] = reasons.get(key, 0) + value
+                    customers += result.customers
+                    transitions += result.transitions
+                    progress.advance(task, len(batch))
+                    freeze_long_lived()
+            finally:
+                thaw_long_lived()
     elapsed = time.perf_counter() - started
     rejected = ", ".join(f"{reason} {count:,}" for reason, count in sorted(reasons.items()))
     _console().print(

@@ -19,6 +19,7 @@ one process.
 
 from __future__ import annotations
 
+import gc
 import threading
 import weakref
 from collections import OrderedDict
@@ -98,3 +99,24 @@ def ledger_cache(engine: Engine) -> LedgerCache:
         if cache is None:
             cache = _caches[engine] = LedgerCache()
         return cache
+
+
+def freeze_long_lived() -> None:
+    """Keep what is alive now out of the garbage collector's full collections.
+
+    A batch ingest holds millions of long-lived objects (its input rows, this
+    cache); every full collection walks all of them, which cost 20-25 % of the
+    ingest time of a 1M-event stream. After a young collection (so a batch's own
+    cyclic garbage is freed first) the survivors move to the permanent
+    generation. They are still freed by reference counting when dropped; only
+    one that later becomes part of a garbage *cycle* would never be collected,
+    so this is for bounded runs (``tier-ml ingest``), not the long-running worker.
+    Call :func:`thaw_long_lived` at the end of the run.
+    """
+    gc.collect(1)
+    gc.freeze()
+
+
+def thaw_long_lived() -> None:
+    """Hand frozen objects back to the collector (the end of a bounded run)."""
+    gc.unfreeze()

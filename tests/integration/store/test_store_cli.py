@@ -177,3 +177,11 @@ def test_user_errors_are_one_line(
 def test_a_bad_database_url_is_one_line() -> None:
     result = run("sweep", "--now", NOW, "--db", "mysql://nowhere/x")
     assert result.exit_code == 2 and "unsupported database" in said(result)
+
+
+def test_worker_sweeps_with_the_real_clock(store_url: str, events_file) -> None:
+    path, _ = events_file
+    assert run("ingest", str(path), "--now", NOW, "--db", store_url).exit_code == 0
+    result = run("worker", "--iterations", "2", "--interval", "0", "--db", store_url)
+    assert result.exit_code == 0, result.output
+    assert "swept" in said(result)  # the wall clock is past the simulated year: maturities are due
