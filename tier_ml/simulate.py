@@ -756,10 +756,9 @@ def _customer_ids(count: int) -> np.ndarray:
 # --- frames -------------------------------------------------------------------------------
 
 
-def _string_series(array: pa.Array) -> pd.arrays.ArrowStringArray:
-    return pd.arrays.ArrowStringArray(
-        pa.chunked_array([array]), dtype=pd.StringDtype("pyarrow", na_value=np.nan)
-    )
+def _string_series(array: pa.Array) -> pd.api.extensions.ExtensionArray:
+    """Arrow-backed strings without a copy (pandas' future default ``str`` dtype)."""
+    return pd.StringDtype("pyarrow", na_value=np.nan).__from_arrow__(pa.chunked_array([array]))
 
 
 def _instants(epoch_us: np.ndarray) -> pd.arrays.DatetimeArray:
