@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Engine
 
+from tests.tiers import assert_same_tiers as assert_same_tiers  # re-exported for the store tests
 from tier_ml.events import frame_records, parse_instant
-from tier_ml.rules import OUTPUT_COLUMNS
 from tier_ml.store import service
 from tier_ml.store.intake import RawEvent, canonical_raw
 from tier_ml.store.unit_of_work import run_in_transaction
@@ -56,23 +56,6 @@ def stream(
         for reason, count in result.rejects_by_reason.items():
             reasons[reason] = reasons.get(reason, 0) + count
     return reasons
-
-
-def normalise(frame: pd.DataFrame) -> pd.DataFrame:
-    """A tiers table in comparable form (as the reference-vs-batch test compares them)."""
-    frame = frame.copy()
-    for name in ("qualifying_spend", "pending_spend", "spend_to_next_tier"):
-        frame[name] = frame[name].map(lambda v: None if pd.isna(v) else round(float(v), 2))
-    for name in ("tier_since", "last_order_at", "grace_ends_at", "next_change_at"):
-        frame[name] = pd.to_datetime(frame[name], utc=True, format="ISO8601")
-    frame["qualifying_orders"] = frame["qualifying_orders"].astype(int)
-    frame["tier_changes"] = frame["tier_changes"].astype(int)
-    frame = frame.astype(object).where(frame.notna(), None)
-    return frame[list(OUTPUT_COLUMNS)].sort_values("customer_id").reset_index(drop=True)
-
-
-def assert_same_tiers(got: pd.DataFrame, want: pd.DataFrame) -> None:
-    pd.testing.assert_frame_equal(normalise(got), normalise(want))
 
 
 def snapshot(engine: Engine) -> dict[str, Any]:
