@@ -22,7 +22,8 @@ as the live store would see it:
   same ledger written as a Parquet file: seconds and the ratio.
 
 PostgreSQL runs when ``TIER_ML_TEST_POSTGRES_URL`` is set (a fresh schema,
-dropped afterwards). Prints one JSON object.
+dropped afterwards). Prints a Markdown section, then the same numbers as one JSON
+line; ``--write`` also writes the section to docs/bench/store.md.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ from tier_ml.store import service
 from tier_ml.store.cache import freeze_long_lived, thaw_long_lived
 from tier_ml.store.intake import canonical_raw
 from tier_ml.store.unit_of_work import run_in_transaction
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "docs" / "bench" / "store.md"
 
 
 def stream_rows(events: int, seed: int) -> list[dict[str, Any]]:
@@ -93,7 +97,7 @@ def run_backend(url: str, rows: list[dict[str, Any]], single: int) -> dict[str, 
     result: dict[str, Any] = {}
 
     batch_latency = []
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     for start in range(0, len(bulk), 1_000):
         batch = bulk[start : start + 1_000]
         now = clock_of(batch)
@@ -101,12 +105,14 @@ def run_backend(url: str, rows: list[dict[str, Any]], single: int) -> dict[str, 
         service.apply_events(engine, batch, now, policy)
         batch_latency.append(time.perf_counter() - t0)
         freeze_long_lived()  # as `tier-ml ingest` does after each batch
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     thaw_long_lived()
     result["batch_1000"] = {
         "events": len(bulk),
         "seconds": round(elapsed, 2),
         "events_per_s": round(len(bulk) / elapsed),
+        "cpu_seconds": round(cpu, 2),  # this process only (not the PostgreSQL server)
+        "events_per_cpu_s": round(len(bulk) / cpu),
         **percentiles(batch_latency),
     }
 
@@ -182,6 +188,7 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=2_000, help="Events applied one by one.")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--write", action="store_true", help=f"Also write the section to {REPORT.relative_to(ROOT)}.")
     args = parser.parse_args()
 
     rows = stream_rows(args.events, args.seed)
@@ -214,7 +221,48 @@ def main() -> None:
         for name, result in report["backends"].items()
         if isinstance(result, dict)
     }
-    print(json.dumps(report))
+    section = markdown(report)
+    if args.write:
+        REPORT.parent.mkdir(parents=True, exist_ok=True)
+        REPORT.write_text(section)
+    print(section)
+    print(json.dumps(report))  # last line: read by benchmarks/run.py
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown section: one table row per backend and measurement."""
+    lines = [
+        "## Tier store (issue 4)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {report['cpus']} shared cores "
+        f"(Python {report['python']}); the machine is shared with other jobs, so CPU time is given as well.",
+        f"Stream: {report['events']:,} simulated events in time order (about ten per customer); the last "
+        f"{report['single_events']:,} are applied one by one.",
+        "",
+        "| backend | batches of 1,000: events/s | events per CPU s | batch p50 / p99 ms "
+        "| single events: events/s | p50 / p99 ms | sweep s | policy re-apply s | classify s | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, result in report["backends"].items():
+        if not isinstance(result, dict):
+            lines.append(f"| {name} | {result} |")
+            continue
+        bulk, single, policy = result["batch_1000"], result["batch_1"], result["policy_reapply"]
+        lines.append(
+            f"| {name} | {bulk['events_per_s']:,} | {bulk['events_per_cpu_s']:,} | "
+            f"{bulk['p50_ms']:.0f} / {bulk['p99_ms']:.0f} | {single['events_per_s']:,} | "
+            f"{single['p50_ms']:.1f} / {single['p99_ms']:.1f} | {result['sweep']['seconds']:.2f} | "
+            f"{policy['seconds']:.2f} | {policy['classify_seconds']:.2f} | {policy['ratio_to_classify']:.2f}x |"
+        )
+    lines += [
+        "",
+        "Targets (issue 4): >= 5,000 events/s in batches, single-event p99 <= 50 ms on SQLite, policy "
+        "re-apply within 3x `classify` of the same ledger (the store's customers, "
+        f"{next((r['customers'] for r in report['backends'].values() if isinstance(r, dict)), 0):,} here). "
+        "Batch latency is the event-to-tier latency of every event in the batch.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

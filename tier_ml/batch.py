@@ -19,6 +19,7 @@ same statements port to other SQL engines.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,7 @@ def connect(
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
     con.execute("SET preserve_insertion_order = false")  # outputs are ORDER BY'd where order matters
-    con.execute(f"SET memory_limit = '{memory_limit or '2GB'}'")  # spill rather than grow past the budget
+    con.execute(f"SET memory_limit = '{memory_limit or '3GB'}'")  # spill rather than grow past the budget
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con
@@ -115,7 +116,7 @@ def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.Data
             con.execute("SELECT * FROM src_raw LIMIT 0")
         except duckdb.Error as exc:
             raise EventReadError(f"{path}: cannot read {kind} events: {exc}") from None
-    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE src_raw)").fetchall())
+    types = _raw_types(con)
     missing = [
         n
         for n in ("event_id", "event_type", "order_id", "customer_id", "occurred_at")
@@ -123,8 +124,16 @@ def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.Data
     ]
     if missing:
         raise EventReadError(f"{source}: missing required columns {missing}; found {sorted(types)}")
-    columns = ["row"] + [_field_expr(name, types.get(name)) for name in EVENT_FIELDS]
-    con.execute(f"CREATE OR REPLACE TEMP VIEW src AS SELECT {', '.join(columns)} FROM src_raw")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW src AS SELECT {_source_columns(types)} FROM src_raw")
+
+
+def _source_columns(types: dict[str, str]) -> str:
+    """The select list of view ``src`` over ``src_raw`` (whose column types are ``types``)."""
+    return ", ".join(["row"] + [_field_expr(name, types.get(name)) for name in EVENT_FIELDS])
+
+
+def _raw_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    return dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE src_raw)").fetchall())
 
 
 def _text_expr(name: str, column_type: str | None) -> str:
@@ -287,7 +296,12 @@ _CONTENT = ("at_us", "event_type", "order_id", "customer_id", "amount_us", "curr
 
 
 def _ledger_sql() -> list[str]:
-    """Replays, duplicate orders and orphan refunds, as in ``tier_ml.events.validate``."""
+    """Replays, duplicate orders and orphan refunds, as in ``tier_ml.events.validate``.
+
+    Repeated ids are first found by their 64-bit hash (grouping integers is much
+    cheaper than grouping ten million strings); the few candidates are then
+    compared by their text, so a hash collision only adds a candidate.
+    """
     content = ", ".join(_CONTENT)
     mine = ", ".join(f"r.{c}" for c in _CONTENT)
     first = ", ".join(f"f.{c}" for c in _CONTENT)
@@ -297,8 +311,8 @@ def _ledger_sql() -> list[str]:
         WITH candidates AS (
             SELECT c.*, upper(coalesce(s.currency, '')) AS currency, coalesce(s.channel, '') AS channel
             FROM checked c JOIN src s ON s.row = c.row
-            WHERE c.ok AND c.event_id IN (
-                SELECT event_id FROM checked WHERE ok GROUP BY event_id HAVING count(*) > 1)
+            WHERE c.ok AND hash(c.event_id) IN (
+                SELECT hash(event_id) FROM checked WHERE ok GROUP BY 1 HAVING count(*) > 1)
         ), repeated AS (
             SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY {content}, row) AS copy
             FROM candidates
@@ -307,27 +321,23 @@ def _ledger_sql() -> list[str]:
         FROM repeated r JOIN repeated f ON f.event_id = r.event_id AND f.copy = 1
         WHERE r.copy > 1
         """,
-        """
-        CREATE OR REPLACE TEMP VIEW unique_events AS
-        SELECT * FROM checked c
-        WHERE ok AND NOT EXISTS (SELECT 1 FROM copies d WHERE d.row = c.row)
-        """,
+        # From here on ``ok`` also means "kept": replay copies are dropped (a flag update is
+        # much cheaper than an anti-join on every later read of ten million rows).
+        "UPDATE checked SET ok = false WHERE row IN (SELECT row FROM copies)",
+        "CREATE OR REPLACE TEMP VIEW unique_events AS SELECT * FROM checked WHERE ok",
         f"""
         CREATE OR REPLACE TEMP TABLE placed_repeats AS
         SELECT row, order_id, event_id,
                row_number() OVER (PARTITION BY order_id ORDER BY at_us, event_id) AS nth,
                first_value(event_id) OVER (PARTITION BY order_id ORDER BY at_us, event_id) AS first_event_id
         FROM unique_events
-        WHERE event_type = {PLACED} AND order_id IN (
-            SELECT order_id FROM unique_events WHERE event_type = {PLACED}
-            GROUP BY order_id HAVING count(*) > 1)
+        WHERE event_type = {PLACED} AND hash(order_id) IN (
+            SELECT hash(order_id) FROM unique_events WHERE event_type = {PLACED}
+            GROUP BY 1 HAVING count(*) > 1)
         """,
-        f"""
-        CREATE OR REPLACE TEMP VIEW placed_orders AS
-        SELECT * FROM unique_events u
-        WHERE event_type = {PLACED}
-          AND NOT EXISTS (SELECT 1 FROM placed_repeats p WHERE p.row = u.row AND p.nth > 1)
-        """,
+        # Second placements of an order are dropped the same way.
+        "UPDATE checked SET ok = false WHERE row IN (SELECT row FROM placed_repeats WHERE nth > 1)",
+        f"CREATE OR REPLACE TEMP VIEW placed_orders AS SELECT * FROM checked WHERE ok AND event_type = {PLACED}",
         """
         CREATE OR REPLACE TEMP TABLE customers AS
         SELECT customer_id, CAST(row_number() OVER (ORDER BY customer_id) - 1 AS INTEGER) AS ckey
@@ -352,11 +362,15 @@ def _ledger_sql() -> list[str]:
     ]
 
 
-def _rejects_sql() -> str:
+def _rejects_sql(types: dict[str, str]) -> list[str]:
+    """Every rejected row with its reason, detail and fields as read.
+
+    The fields are computed for the rejected rows only (picked from ``src_raw``
+    first), not for the whole input.
+    """
     raw_fields = ", ".join(f"s.{n}" for n in EVENT_FIELDS)
-    return f"""
-    CREATE OR REPLACE TEMP TABLE rejects AS
-    WITH found AS (
+    return [f"""
+    CREATE OR REPLACE TEMP TABLE reject_reasons AS
         SELECT row, reason, NULL AS detail FROM checked WHERE reason IS NOT NULL
         UNION ALL
         SELECT row, 'conflicting_replay', 'event_id ' || event_id || ' was already used for different content'
@@ -374,11 +388,15 @@ def _rejects_sql() -> str:
                       || ', not ' || customer_id
                END
         FROM adjustments WHERE reason IS NOT NULL
+    """, f"""
+    CREATE OR REPLACE TEMP TABLE rejects AS
+    WITH picked AS (
+        SELECT {_source_columns(types)} FROM src_raw WHERE row IN (SELECT row FROM reject_reasons)
     )
     SELECT f.row, f.reason, coalesce(f.detail, {_stateless_detail_sql()}) AS detail, {raw_fields}
-    FROM found f JOIN src s ON s.row = f.row
+    FROM reject_reasons f JOIN picked s ON s.row = f.row
     ORDER BY f.row, f.reason
-    """
+    """, "DROP TABLE reject_reasons"]
 
 
 def _orders_sql(policy: Policy, as_of_us: int) -> list[str]:
@@ -434,15 +452,6 @@ def _orders_sql(policy: Policy, as_of_us: int) -> list[str]:
         JOIN regions r USING (region)
         LEFT JOIN order_adjustments a USING (order_id)
         """,
-        # Placements of one customer at one instant: the latest event_id's region wins.
-        """
-        CREATE OR REPLACE TEMP TABLE tied_regions AS
-        SELECT o.ckey, o.placed_at_us, arg_max(o.rkey, e.event_id) AS rkey
-        FROM orders o JOIN checked e USING (row)
-        WHERE (o.ckey, o.placed_at_us) IN (
-            SELECT (ckey, placed_at_us) FROM orders GROUP BY ckey, placed_at_us HAVING count(*) > 1)
-        GROUP BY o.ckey, o.placed_at_us
-        """,
         f"""
         CREATE OR REPLACE TEMP TABLE customer_outlook AS
         SELECT ckey,
@@ -456,25 +465,92 @@ def _orders_sql(policy: Policy, as_of_us: int) -> list[str]:
     ]
 
 
+#: Orders per kernel chunk: the replay runs over customers in chunks of about this many orders,
+#: which bounds the kernel's memory (about 0.5 KB per order) whatever the input size.
+KERNEL_CHUNK_ORDERS = 2_000_000
+
+
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
-    """Columns of a query as int64 numpy arrays (the query casts and fills NULLs)."""
-    return {name: np.asarray(values, dtype=np.int64) for name, values in con.execute(sql).fetchnumpy().items()}
+    """Columns of a query as numpy arrays of their SQL types (the query casts and fills NULLs)."""
+    return {name: np.asarray(values) for name, values in con.execute(sql).fetchnumpy().items()}
 
 
-def _timeline(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> dict[str, np.ndarray]:
-    """Kernel rows: placements, maturities, late refunds and window exits, sorted per customer."""
+def _sorted_orders(con: duckdb.DuckDBPyConnection) -> dict[str, np.ndarray]:
+    """Every valid order sorted by customer and placement instant, ties given one region."""
     orders = _fetch(
         con,
-        "SELECT CAST(ckey AS BIGINT) AS ckey, CAST(rkey AS BIGINT) AS rkey, placed_at_us, "
-        "CAST(counted_us AS BIGINT) AS counted_us, CAST(counted_at_exit_us AS BIGINT) AS at_exit FROM orders",
+        "SELECT ckey, CAST(rkey AS INTEGER) AS rkey, row, placed_at_us, "
+        "CAST(counted_us AS BIGINT) AS counted_us, CAST(counted_at_exit_us AS BIGINT) AS at_exit "
+        "FROM orders ORDER BY ckey, placed_at_us",
     )
+    _settle_tied_regions(con, orders)
+    return orders
+
+
+def _settle_tied_regions(con: duckdb.DuckDBPyConnection, orders: dict[str, np.ndarray]) -> None:
+    """Placements of one customer at one instant: all take the region of the largest event_id.
+
+    The kernel takes the region of the last placement of an instant; giving every
+    placement of a tie the winner's region makes that the rule's choice.
+    """
+    ckey, placed_at = orders["ckey"], orders["placed_at_us"]
+    tied = np.zeros(len(ckey), dtype=bool)
+    same = (ckey[1:] == ckey[:-1]) & (placed_at[1:] == placed_at[:-1])
+    tied[1:] |= same
+    tied[:-1] |= same
+    positions = np.flatnonzero(tied)
+    if not len(positions):
+        return
+    group = np.cumsum(np.concatenate(([True], ~same))) - 1  # one number per (customer, instant)
+    frame = pd.DataFrame({"row": orders["row"][positions], "position": positions, "group": group[positions]})
+    con.register("tied_rows", frame)
+    try:
+        named = con.execute(
+            "SELECT t.position, t.group, c.event_id FROM tied_rows t JOIN checked c USING (row)"
+        ).df()
+    finally:
+        con.unregister("tied_rows")
+    winners = named.sort_values("event_id").groupby("group")["position"].last()
+    rkey = orders["rkey"]
+    rkey[named["position"].to_numpy()] = rkey[winners.loc[named["group"]].to_numpy()]
+
+
+def _late_steps(con: duckdb.DuckDBPyConnection) -> dict[str, np.ndarray]:
+    """Late refunds and cancels that lower counted spend, sorted by customer and instant."""
+    return _fetch(
+        con,
+        "SELECT ckey, at_us, CAST(spend_us AS BIGINT) AS spend_us, CAST(orders AS INTEGER) AS orders "
+        "FROM late_steps ORDER BY ckey, at_us",
+    )
+
+
+def _customer_chunks(ckey: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of sorted rows of about ``size`` rows, never splitting a customer."""
+    bounds = [0]
+    while bounds[-1] < len(ckey):
+        cut = bounds[-1] + size
+        if cut >= len(ckey):
+            bounds.append(len(ckey))
+        else:
+            start = int(np.searchsorted(ckey, ckey[cut], side="left"))
+            if start <= bounds[-1]:  # one customer fills the whole chunk: take all of them
+                start = int(np.searchsorted(ckey, ckey[cut], side="right"))
+            bounds.append(start)
+    return list(itertools.pairwise(bounds))
+
+
+def _timeline(
+    policy: Policy, as_of_us: int, orders: dict[str, np.ndarray], late: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Kernel rows: placements, maturities, late refunds and window exits, sorted per customer.
+
+    Every part comes sorted by (customer, instant), so the stable sort below only
+    merges sorted runs; placements stay first (in their order) among rows of an instant.
+    """
     ckey, placed_at, rkey = orders["ckey"], orders["placed_at_us"], orders["rkey"]
     counted, at_exit = orders["counted_us"], orders["at_exit"]
-    del orders
-    ties = con.sql("SELECT ckey, placed_at_us, rkey FROM tied_regions").to_arrow_table()
-    if ties.num_rows:
-        rkey = _patch_tied_regions(ckey, placed_at, rkey, ties)
-    parts = [(ckey, placed_at, np.zeros_like(ckey), np.zeros_like(ckey), np.ones(len(ckey), bool), rkey)]
+    count = len(ckey)
+    parts = [(ckey, placed_at, np.zeros(count, np.int64), np.zeros(count, np.int32), np.ones(count, bool), rkey)]
     matures = placed_at + policy.buffer_us
     mask = (counted > 0) & (matures <= as_of_us)
     parts.append(_steps(ckey[mask], matures[mask], counted[mask], 1))
@@ -482,14 +558,9 @@ def _timeline(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> 
         leaves = placed_at + policy.window_us
         mask = (at_exit > 0) & (leaves <= as_of_us)
         parts.append(_steps(ckey[mask], leaves[mask], -at_exit[mask], -1))
-    late = _fetch(
-        con,
-        "SELECT CAST(ckey AS BIGINT) AS ckey, at_us, CAST(spend_us AS BIGINT) AS spend_us, "
-        "CAST(orders AS BIGINT) AS orders FROM late_steps",
-    )
     count = len(late["ckey"])
     parts.append((late["ckey"], late["at_us"], late["spend_us"], late["orders"],
-                  np.zeros(count, bool), np.zeros(count, np.int64)))
+                  np.zeros(count, bool), np.zeros(count, np.int32)))
     names = ("ckey", "at_us", "spend_us", "orders", "placed", "rkey")
     rows = {name: np.concatenate([part[i] for part in parts]) for i, name in enumerate(names)}
     order = _customer_time_order(rows["ckey"], rows["at_us"])
@@ -498,19 +569,11 @@ def _timeline(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> 
 
 def _steps(ckey: np.ndarray, at: np.ndarray, spend: np.ndarray, orders: int) -> tuple[np.ndarray, ...]:
     n = len(ckey)
-    return (ckey, at, spend, np.full(n, orders, np.int64), np.zeros(n, bool), np.zeros(n, np.int64))
-
-
-def _patch_tied_regions(ckey: np.ndarray, placed_at: np.ndarray, rkey: np.ndarray, ties: Any) -> np.ndarray:
-    """Give every placement of a tied (customer, instant) the winning region."""
-    frame = pd.DataFrame({"ckey": ckey, "placed_at_us": placed_at})
-    winners = ties.to_pandas()
-    merged = frame.merge(winners, on=["ckey", "placed_at_us"], how="left")
-    return np.where(merged["rkey"].notna(), merged["rkey"].fillna(0).astype(np.int64), rkey)
+    return (ckey, at, spend, np.full(n, orders, np.int32), np.zeros(n, bool), np.zeros(n, np.int32))
 
 
 def _customer_time_order(ckey: np.ndarray, at_us: np.ndarray) -> np.ndarray:
-    """The permutation sorting rows by (customer, instant).
+    """The stable permutation sorting rows by (customer, instant).
 
     One 64-bit key ``customer * span + time`` sorts fastest; the time unit is the
     coarsest that loses nothing (microseconds, milliseconds or seconds). When no
@@ -520,32 +583,49 @@ def _customer_time_order(ckey: np.ndarray, at_us: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     origin = int(at_us.min())
     offset = at_us - origin
-    customers = int(ckey.max()) + 1
+    first = int(ckey.min())
+    customers = int(ckey.max()) - first + 1
     for unit in (1, 1_000, 1_000_000):
         if unit > 1 and np.any(offset % unit):
             break
         span = int(offset.max()) // unit + 1
         if customers * span < 2**62:
-            return np.argsort(ckey * span + offset // unit, kind="stable")
+            key = (ckey.astype(np.int64) - first) * span
+            key += offset // unit if unit > 1 else offset
+            return np.argsort(key, kind="stable")
     return np.lexsort((at_us, ckey))
 
 
+def _slice(columns: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {name: values[start:stop] for name, values in columns.items()}
+
+
 def _replay(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> None:
-    """Run the numpy kernel over the timeline and store ``customer_state``."""
-    rows = _timeline(con, policy, as_of_us)
+    """Run the numpy kernel over the timeline, customers in chunks, and store ``customer_state``."""
+    orders = _sorted_orders(con)
+    late = _late_steps(con)
+    for table in ("checked", "adjustments", "adjustment_steps", "late_steps"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")  # free memory before the kernel
     regions = [r for (r,) in con.execute("SELECT region FROM regions ORDER BY rkey").fetchall()]
     thresholds = np.array([policy.thresholds_us(r) for r in regions] or [policy.thresholds_us(None)])
-    result = replay_customers(
-        rows["ckey"], rows["at_us"], rows["spend_us"], rows["orders"], rows["placed"], rows["rkey"],
-        thresholds=thresholds,
-        min_orders=np.array(policy.min_orders_list, dtype=np.int64),
-        grace_us=policy.grace_us,
-        as_of_us=as_of_us,
-    )
-    del rows
-    for table in ("checked", "adjustments", "adjustment_steps", "late_steps"):
-        con.execute(f"DROP TABLE IF EXISTS {table}")  # free memory before the output joins
-    state = pd.DataFrame({name: getattr(result, name) for name in KernelResult.__dataclass_fields__})
+    min_orders = np.array(policy.min_orders_list, dtype=np.int64)
+    parts = []
+    for start, stop in _customer_chunks(orders["ckey"], KERNEL_CHUNK_ORDERS):
+        chunk = _slice(orders, start, stop)
+        first, last = int(chunk["ckey"][0]), int(chunk["ckey"][-1])
+        late_start, late_stop = np.searchsorted(late["ckey"], [first, last + 1], side="left")
+        rows = _timeline(policy, as_of_us, chunk, _slice(late, int(late_start), int(late_stop)))
+        parts.append(replay_customers(
+            rows["ckey"], rows["at_us"], rows["spend_us"], rows["orders"], rows["placed"], rows["rkey"],
+            thresholds=thresholds, min_orders=min_orders, grace_us=policy.grace_us, as_of_us=as_of_us,
+        ))
+        del rows, chunk
+    del orders, late
+    fields = KernelResult.__dataclass_fields__
+    state = pd.DataFrame({
+        name: np.concatenate([getattr(part, name) for part in parts]) if parts else np.zeros(0, np.int64)
+        for name in fields
+    })
     con.register("kernel_state", state)
     grace = policy.grace_us
     con.execute(
@@ -598,7 +678,6 @@ def _output_sql(policy: Policy) -> str:
            {instant('next_change_at_us')} AS next_change_at,
            tier_changes
     FROM customer_state
-    ORDER BY customer_id
     """
 
 
@@ -617,7 +696,7 @@ def run_pipeline(
     stages: dict[str, Callable[[], None]] = {
         "validate": lambda: con.execute(_stateless_sql(policy, as_of_us)),
         "ledger": lambda: [con.execute(sql) for sql in _ledger_sql()],
-        "rejects": lambda: con.execute(_rejects_sql()),
+        "rejects": lambda: [con.execute(sql) for sql in _rejects_sql(_raw_types(con))],
         "orders": lambda: [con.execute(sql) for sql in _orders_sql(policy, as_of_us)],
         "replay": lambda: _replay(con, policy, as_of_us),
         "output": lambda: con.execute(_output_sql(policy)),
@@ -651,18 +730,21 @@ def classify_frame(
     con = connect()
     try:
         run_pipeline(con, policy, source, as_of_us)
-        return con.execute("SELECT * FROM tiers_out").df(), con.execute(
-            "SELECT * FROM rejects"
+        return con.execute("SELECT * FROM tiers_out ORDER BY customer_id").df(), con.execute(
+            "SELECT * FROM rejects ORDER BY row, reason"
         ).df()
     finally:
         con.close()
 
 
-def write_table(con: duckdb.DuckDBPyConnection, table: str, out: Path) -> None:
-    """Write a result table as CSV or Parquet, by the file's suffix."""
+def write_table(
+    con: duckdb.DuckDBPyConnection, table: str, out: Path, order_by: str | None = None
+) -> None:
+    """Write a result table as CSV or Parquet, by the file's suffix (rows in ``order_by`` order)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fmt = "FORMAT PARQUET" if out.suffix.lower() in {".parquet", ".pq"} else "FORMAT CSV, HEADER"
-    con.execute(f"COPY {table} TO {_quote(str(out))} ({fmt})")
+    query = table if order_by is None else f"(SELECT * FROM {table} ORDER BY {order_by})"
+    con.execute(f"COPY {query} TO {_quote(str(out))} ({fmt})")
 
 
 def classify_to_files(
@@ -677,9 +759,9 @@ def classify_to_files(
     con = connect()
     try:
         run_pipeline(con, policy, source, as_of_us, on_stage=on_stage)
-        write_table(con, "tiers_out", out)
+        write_table(con, "tiers_out", out, order_by="customer_id")
         if rejects_out is not None:
-            write_table(con, "rejects", rejects_out)
+            write_table(con, "rejects", rejects_out, order_by="row, reason")
         return summarize(con, policy)
     finally:
         con.close()

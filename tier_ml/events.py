@@ -248,7 +248,9 @@ def check_row(raw: Mapping[str, Any], policy: Policy) -> OrderEvent | tuple[Reje
     )
 
 
-def _content(event: OrderEvent) -> tuple[Any, ...]:
+def content(event: OrderEvent) -> tuple[Any, ...]:
+    """What makes two deliveries of one ``event_id`` the same event; the copy with the
+    smallest content is the one kept (the batch path and the store use the same order)."""
     return (
         event.at_us,
         str(event.event_type),
@@ -297,11 +299,11 @@ def validate(
     unique: list[OrderEvent] = []
     replays = 0
     for copies in by_id.values():
-        copies.sort(key=lambda item: (_content(item[1]), item[0]))
+        copies.sort(key=lambda item: (content(item[1]), item[0]))
         kept = copies[0][1]
         unique.append(kept)
         for row_number, event, raw in copies[1:]:
-            if _content(event) == _content(kept):
+            if content(event) == content(kept):
                 replays += 1
             else:
                 detail = f"event_id {event.event_id} was already used for different content"

@@ -75,6 +75,7 @@ class SpendStep:
     spend_us: int
     orders: int
     cause: str  # maturity | late_refund | cancel | window_exit
+    event_id: str = ""  # the refund or cancel behind a late step, else the placed event
 
 
 @dataclass(slots=True)
@@ -94,12 +95,25 @@ class Order:
         for event in self.adjustments:
             if event.at_us > at_us or (before and event.at_us == at_us):
                 break
-            removed = (
-                self.value_us
-                if event.event_type == EventType.CANCELLED
-                else min(self.value_us, removed + event.amount_us)
-            )
+            removed = self.removed_after(removed, event)
         return removed
+
+    def removed_after(self, removed: int, event: OrderEvent) -> int:
+        """What is removed from the order once ``event`` applies on top of ``removed``: a cancel
+        removes whatever is left, a refund its amount, capped at the order's value."""
+        if event.event_type == EventType.CANCELLED:
+            return self.value_us
+        return min(self.value_us, removed + event.amount_us)
+
+    def removals(self) -> list[tuple[OrderEvent, int]]:
+        """Each refund or cancel, in time order, with what it removed from the order."""
+        removed = 0
+        out = []
+        for event in self.adjustments:
+            now_removed = self.removed_after(removed, event)
+            out.append((event, now_removed - removed))
+            removed = now_removed
+        return out
 
 
 def order_steps(order: Order, policy: Policy) -> list[SpendStep]:
@@ -112,25 +126,24 @@ def order_steps(order: Order, policy: Policy) -> list[SpendStep]:
     counted = order.value_us - removed
     steps: list[SpendStep] = []
     if counted > 0:
-        steps.append(SpendStep(matures_at, counted, 1, "maturity"))
+        steps.append(SpendStep(matures_at, counted, 1, "maturity", order.event_id))
     if policy.late_refunds == "deduct":
         for event in order.adjustments:
             if event.at_us < matures_at:
                 continue
             if leaves_window_at is not None and event.at_us >= leaves_window_at:
                 break
-            if event.event_type == EventType.CANCELLED:
-                now_removed = order.value_us
-            else:
-                now_removed = min(order.value_us, removed + event.amount_us)
+            now_removed = order.removed_after(removed, event)
             delta = now_removed - removed
             removed = now_removed
             if delta > 0 and counted > 0:
                 counted -= delta
                 cause = "cancel" if event.event_type == EventType.CANCELLED else "late_refund"
-                steps.append(SpendStep(event.at_us, -delta, -1 if counted == 0 else 0, cause))
+                steps.append(
+                    SpendStep(event.at_us, -delta, -1 if counted == 0 else 0, cause, event.event_id)
+                )
     if leaves_window_at is not None and counted > 0:
-        steps.append(SpendStep(leaves_window_at, -counted, -1, "window_exit"))
+        steps.append(SpendStep(leaves_window_at, -counted, -1, "window_exit", order.event_id))
     return steps
 
 
@@ -149,6 +162,11 @@ class TierChange:
     old_tier: int
     new_tier: int
     cause: str
+    #: What the engine had at that instant (after its steps): the numbers behind the change.
+    qualifying_us: int = 0
+    qualifying_orders: int = 0
+    eligible_tier: int = 0
+    region: str = ""
 
     @property
     def direction(self) -> str:
@@ -171,6 +189,8 @@ class CustomerTier:
     grace_ends_at_us: int | None
     next_change_at_us: int | None
     changes: tuple[TierChange, ...]
+    #: The replay's state before an instant the caller asked for (see ``replay``), else None.
+    checkpoint: ReplayCheckpoint | None = None
 
     @property
     def qualifying_spend(self) -> float:
@@ -226,33 +246,97 @@ def build_orders(events: Iterable[OrderEvent]) -> list[Order]:
     return sorted(orders.values(), key=lambda o: (o.placed_at_us, o.event_id))
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayCheckpoint:
+    """The running state of :func:`replay` after every instant before ``before_us``.
+
+    That state depends only on the events dated before ``before_us`` (an event
+    moves spend, region and grace only at or after its own instant), so a later
+    replay of the same customer whose events before ``before_us`` are still
+    exactly these ``events_before`` can start there (the online store adds
+    events as they arrive and re-evaluates after each batch).
+    """
+
+    customer_id: str
+    policy_fingerprint: str
+    before_us: int
+    events_before: int
+    events_digest: int  # order-free hash of those events (within one process)
+    qualifying: int
+    orders_count: int
+    tier: int
+    since: int
+    region: str
+    last_placed: int
+    changes: tuple[TierChange, ...]
+
+
 def replay(
-    policy: Policy, customer_id: str, events: Iterable[OrderEvent], as_of_us: int
+    policy: Policy,
+    customer_id: str,
+    events: Iterable[OrderEvent],
+    as_of_us: int,
+    *,
+    resume: ReplayCheckpoint | None = None,
+    checkpoint_before: int | None = None,
 ) -> CustomerTier | None:
     """Replay one customer's validated events up to ``as_of_us`` (definition 2).
 
     Returns None when the customer has no ``placed`` event at or before ``as_of_us``.
+    ``resume``: a checkpoint of an earlier replay of this customer; used when it
+    still holds (same policy, the same events before its instant), else ignored.
+    ``checkpoint_before``: also return the state before that instant (``checkpoint``).
+    The answer is the same with or without either.
     """
-    orders = [o for o in build_orders(e for e in events if e.at_us <= as_of_us)]
-    if not orders:
-        return None
+    visible = [e for e in events if e.at_us <= as_of_us]
+    start = _resumable(policy, customer_id, visible, as_of_us, resume)
     grace = policy.grace_us
+    if start is None:
+        begin = -(2**63)
+        orders = build_orders(visible)
+        if not orders:
+            return None
+        grace_ends = {order.placed_at_us + grace for order in orders}
+    else:  # only what can still move something from the checkpoint on
+        begin = start.before_us
+        horizon = begin - max(policy.buffer_us, policy.window_us or 0)
+        recent = {e.order_id for e in visible if e.at_us >= horizon}
+        orders = build_orders(e for e in visible if e.order_id in recent)
+        grace_ends = {
+            e.at_us + grace
+            for e in visible
+            if e.event_type == EventType.PLACED and e.at_us + grace >= begin
+        }
     spend_at: dict[int, list[SpendStep]] = defaultdict(list)
     placed_at: dict[int, list[Order]] = defaultdict(list)
     for order in orders:
-        placed_at[order.placed_at_us].append(order)
-        for step in order_steps(order, policy):
-            spend_at[step.at_us].append(step)
-    grace_ends = {order.placed_at_us + grace for order in orders}
-    instants = sorted(t for t in spend_at.keys() | placed_at.keys() | grace_ends if t <= as_of_us)
+        if order.placed_at_us >= begin:
+            placed_at[order.placed_at_us].append(order)
+        if _may_step_from(order, policy, begin):
+            for step in order_steps(order, policy):
+                if step.at_us >= begin:
+                    spend_at[step.at_us].append(step)
+    instants = sorted(
+        t for t in spend_at.keys() | placed_at.keys() | grace_ends if begin <= t <= as_of_us
+    )
 
-    qualifying = orders_count = 0
-    tier = 0
-    since = instants[0]
-    region = ""
-    last_placed = instants[0]
-    changes: list[TierChange] = []
+    if start is None:
+        qualifying = orders_count = tier = 0
+        since = last_placed = instants[0]
+        region = ""
+        changes: list[TierChange] = []
+    else:
+        qualifying, orders_count, tier = start.qualifying, start.orders_count, start.tier
+        since, region, last_placed = start.since, start.region, start.last_placed
+        changes = list(start.changes)
+    cut = None if checkpoint_before is None else min(checkpoint_before, as_of_us + 1)
+    checkpoint = None
     for t in instants:
+        if cut is not None and checkpoint is None and t >= cut and (start is not None or t > instants[0]):
+            checkpoint = ReplayCheckpoint(
+                customer_id, policy.fingerprint, cut, *_events_before(visible, cut),
+                qualifying, orders_count, tier, since, region, last_placed, tuple(changes),
+            )
         causes: set[str] = set()
         for step in spend_at.get(t, ()):
             qualifying += step.spend_us
@@ -268,9 +352,17 @@ def replay(
         if new_tier != tier:
             if new_tier < tier and t == last_placed + grace and grace > 0:
                 causes.add("grace_end")
-            changes.append(TierChange(t, tier, new_tier, ",".join(sorted(causes)) or "grace_end"))
+            cause = ",".join(sorted(causes)) or "grace_end"
+            changes.append(
+                TierChange(t, tier, new_tier, cause, qualifying, orders_count, eligible, region)
+            )
             tier, since = new_tier, t
 
+    if cut is not None and checkpoint is None and (start is not None or instants[0] < cut):
+        checkpoint = ReplayCheckpoint(
+            customer_id, policy.fingerprint, cut, *_events_before(visible, cut),
+            qualifying, orders_count, tier, since, region, last_placed, tuple(changes),
+        )
     eligible = policy.eligible_tier(qualifying, orders_count, region)
     pending = sum(pending_at(order, policy, as_of_us) for order in orders)
     protected = tier > eligible
@@ -286,10 +378,48 @@ def replay(
         last_order_at_us=last_placed,
         grace_ends_at_us=last_placed + grace if protected else None,
         next_change_at_us=_next_change(
-            policy, orders, as_of_us, last_placed + grace if protected else None
+            policy,
+            [o for o in orders if _may_step_from(o, policy, as_of_us + 1)],
+            as_of_us,
+            last_placed + grace if protected else None,
         ),
         changes=tuple(changes),
+        checkpoint=checkpoint,
     )
+
+
+def _resumable(
+    policy: Policy,
+    customer_id: str,
+    visible: list[OrderEvent],
+    as_of_us: int,
+    resume: ReplayCheckpoint | None,
+) -> ReplayCheckpoint | None:
+    """``resume`` when it holds for these events (nothing dated before it was added), else None."""
+    if resume is None or resume.customer_id != customer_id:
+        return None
+    if resume.policy_fingerprint != policy.fingerprint or resume.before_us > as_of_us + 1:
+        return None  # another policy, or a replay that stops before the checkpoint
+    if _events_before(visible, resume.before_us) != (resume.events_before, resume.events_digest):
+        return None
+    return resume
+
+
+def _events_before(visible: list[OrderEvent], before_us: int) -> tuple[int, int]:
+    """How many events are dated before ``before_us``, and an order-free hash of their ids
+    (an ``event_id`` names one event among validated events)."""
+    earlier = [e.event_id for e in visible if e.at_us < before_us]
+    return len(earlier), hash(frozenset(earlier))
+
+
+def _may_step_from(order: Order, policy: Policy, at_us: int) -> bool:
+    """Whether the order can have a spend step at or after ``at_us`` (its maturity, a late
+    refund or cancel, or its window exit): the others need not be replayed from there."""
+    if order.placed_at_us + policy.buffer_us >= at_us:
+        return True
+    if policy.window_us is not None and order.placed_at_us + policy.window_us >= at_us:
+        return True
+    return bool(order.adjustments) and order.adjustments[-1].at_us >= at_us
 
 
 def _next_change(

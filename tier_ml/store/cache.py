@@ -1,4 +1,5 @@
-"""A per-process cache of customers' ledger events, already read as engine events.
+"""A per-process cache of customers' ledger events, already read as engine events, and of
+their rules replay checkpoints.
 
 Every batch re-evaluates the customers it touches from their *whole* history,
 and reading that history again (rows and their conversion under the policy)
@@ -15,6 +16,13 @@ the same rows differently) and are only stored after the transaction that read
 them commits (a rolled-back batch leaves nothing behind). The cache is bounded
 (least recently used customers are dropped first) and shared by the threads of
 one process.
+
+With the events, an entry keeps the checkpoint of the customer's last rules
+replay (``tier_ml.rules.ReplayCheckpoint``): the next evaluation replays only
+the instants from the customer's latest event on instead of the whole history.
+``replay`` itself checks that the checkpoint still holds (same policy, the same
+events before it) and replays everything otherwise, so a stale checkpoint can
+cost time but never change a tier.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from tier_ml.events import OrderEvent
+from tier_ml.rules import ReplayCheckpoint
 
 #: Events kept per process and engine (about 0.3 GB at the bound).
 MAX_CACHED_EVENTS = 1_000_000
@@ -42,6 +51,9 @@ class CachedLedger:
     last_id: int  # the highest ledger id read for the customer
     size: int  # ledger rows read, including those the policy cannot read
     events: tuple[OrderEvent, ...]
+    #: The rules replay's state at the customer's last evaluation (``tier_ml.rules.replay``
+    #: checks it still holds before resuming from it).
+    checkpoint: ReplayCheckpoint | None = None
 
 
 class LedgerCache:

@@ -22,7 +22,15 @@ Audit (one :class:`Transition` per change of the *effective* tier):
   evaluation and the changes after it follow. ``apply_policy`` writes
   ``reclassification`` rows too (cause ``policy``);
 - ``override``: an override set or cleared (actor: the person) or expired
-  (actor ``system``, dated at its ``until``).
+  (actor ``system``, dated at its ``until``);
+- ``grandfathering``: a grandfathered tier ended (cause ``grandfather_end``,
+  dated at its ``until``); ``apply_policy`` records the start.
+
+Grandfathering (:class:`Floor`). A policy applied with ``--grandfather-until``
+gives current members a floor: until that date their effective tier is the
+higher of the rules tier under the new policy and the tier they had; from that
+date on it is the rules tier, exactly what ``classify`` gives. An override
+beats both.
 
 Overrides. While an override is active the effective tier is the override's
 tier (``tier_since`` = when it was set); the rules keep running underneath
@@ -46,7 +54,7 @@ from dataclasses import dataclass, field
 
 from tier_ml.events import EventType, OrderEvent
 from tier_ml.policy import Policy
-from tier_ml.rules import CustomerTier, TierChange, replay
+from tier_ml.rules import CustomerTier, ReplayCheckpoint, TierChange, replay
 
 SYSTEM_ACTOR = "system"
 
@@ -90,6 +98,21 @@ class Override:
     def active_after(self, at_us: int) -> bool:
         """Still in force just after ``at_us``."""
         return self.until_us is None or self.until_us > at_us
+
+
+@dataclass(frozen=True, slots=True)
+class Floor:
+    """A grandfathered tier: the effective tier is at least ``tier`` in ``[set_at, until)``."""
+
+    customer_id: str
+    tier: str
+    since_us: int  # when the customer got that tier (their tier_since when it was granted)
+    set_at_us: int
+    until_us: int
+    policy_version: int
+
+    def active_at(self, at_us: int) -> bool:
+        return self.set_at_us <= at_us < self.until_us
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +170,8 @@ class Evaluation:
     rules_state: TierState
     transitions: list[Transition] = field(default_factory=list)
     previous_tier: str | None = None
+    #: The replay's state before ``evaluated_at``: the next evaluation resumes from it.
+    checkpoint: ReplayCheckpoint | None = None
 
 
 def evaluate(
@@ -157,25 +182,43 @@ def evaluate(
     override: Override | None,
     now_us: int,
     policy_since_us: int | None = None,
+    floor: Floor | None = None,
+    resume: ReplayCheckpoint | None = None,
 ) -> Evaluation:
     """Re-evaluate one customer from all their ledger events (validated under ``policy``).
 
     ``previous``: the stored state (None for a new customer); ``override``: the
     customer's uncleared override, if any; ``policy_since_us``: when the active
-    policy version was applied (every customer was evaluated then).
+    policy version was applied (every customer was evaluated then); ``floor``:
+    the customer's latest grandfathered tier, if any; ``resume``: the checkpoint
+    of the customer's last evaluation (the rules replay only what came after it
+    when it still holds, and ignore it otherwise: the result is the same).
     """
     last = _last_evaluated(previous, policy_since_us)
     as_of = now_us if last is None else max(now_us, last)
-    result = replay(policy, customer_id, events, as_of)
+    # A customer's events arrive roughly in time order (also in a backfill whose clock is far
+    # ahead), so the next ones are dated at or after the latest one seen: checkpoint there.
+    latest = max((e.at_us for e in events if e.at_us <= as_of), default=as_of)
+    result = replay(policy, customer_id, events, as_of, resume=resume, checkpoint_before=latest)
     rules_state = _rules_state(policy, customer_id, events, result, as_of)
+    held = rules_state if floor is None else with_floor(policy, rules_state, floor, result)
     live = override if override is not None and override.active_after(as_of) else None
-    state = with_override(rules_state, live) if live is not None else rules_state
+    state = with_override(held, live) if live is not None else held
     if previous is None or previous.tier is None or last is None:
         transitions = _enrolment(policy, customer_id, events, result, as_of)
+    elif floor is not None and floor.until_us > last:
+        pending = override if override is not None and override.active_after(last) else None
+        transitions = _history_with_floor(policy, previous, result, pending, floor, last, as_of)
     else:
         pending = override if override is not None and override.active_after(last) else None
         transitions = _history(policy, previous, result, pending, last, as_of)
-    return Evaluation(state, rules_state, transitions, None if previous is None else previous.tier)
+    return Evaluation(
+        state,
+        rules_state,
+        transitions,
+        None if previous is None else previous.tier,
+        None if result is None else result.checkpoint,
+    )
 
 
 def with_override(rules_state: TierState, override: Override) -> TierState:
@@ -186,6 +229,29 @@ def with_override(rules_state: TierState, override: Override) -> TierState:
         tier=override.tier,
         tier_since_us=override.set_at_us,
         next_due_at_us=min(due, default=None),
+    )
+
+
+def with_floor(
+    policy: Policy, rules_state: TierState, floor: Floor, result: CustomerTier | None
+) -> TierState:
+    """The effective state under a grandfathered tier: the higher of the rules tier and the
+    floor while it lasts, and a due time at its end so the sweep re-evaluates the customer."""
+    at = rules_state.evaluated_at_us
+    if result is None or rules_state.tier is None or not floor.active_at(at):
+        return rules_state
+    due = min(t for t in (rules_state.next_due_at_us, floor.until_us) if t is not None)
+    if _rank(policy, rules_state.tier) >= _rank(policy, floor.tier):
+        return dataclasses.replace(rules_state, next_due_at_us=due)
+    level = _rank(policy, floor.tier)
+    since = floor.since_us
+    for change in result.changes:
+        if floor.set_at_us < change.at_us <= at and max(change.old_tier, level) != max(
+            change.new_tier, level
+        ):
+            since = change.at_us  # the effective tier last changed (back) to the floor then
+    return dataclasses.replace(
+        rules_state, tier=floor.tier, tier_since_us=since, next_due_at_us=due
     )
 
 
@@ -336,6 +402,70 @@ def _history(
     transitions.extend(
         _change(policy, customer_id, c) for c in result.changes if start < c.at_us <= as_of
     )
+    return transitions
+
+
+def _history_with_floor(
+    policy: Policy,
+    previous: TierState,
+    result: CustomerTier | None,
+    override: Override | None,
+    floor: Floor,
+    last: int,
+    as_of: int,
+) -> list[Transition]:
+    """Audit rows for ``(last, as_of]`` while a grandfathered tier was in force at ``last``:
+    each change of the effective tier (override, else max(rules tier, floor), else rules tier)."""
+    customer_id, stored = previous.customer_id, previous.tier
+    if result is None:
+        return [Transition(customer_id, as_of, stored, None, "reclassification", "no_valid_orders")]
+    if override is not None and override.active_after(as_of):
+        return []
+    names = policy.tier_names
+    level = _rank(policy, floor.tier)
+
+    def rules_at(at_us: int) -> int:
+        tier = 0
+        for change in result.changes:
+            if change.at_us > at_us:
+                break
+            tier = change.new_tier
+        return tier
+
+    def effective(at_us: int) -> str:
+        if override is not None and override.active_after(at_us):
+            return override.tier
+        tier = rules_at(at_us)
+        return names[max(tier, level)] if floor.active_at(at_us) else names[tier]
+
+    by_instant = {c.at_us: c for c in result.changes}
+    ends = [override.until_us if override is not None else None, floor.until_us]
+    instants = sorted(
+        {t for t in by_instant if last < t <= as_of} | {t for t in ends if t and last < t <= as_of}
+    )
+    transitions = []
+    current = effective(last)
+    if current != stored:
+        transitions.append(
+            Transition(customer_id, last, stored, current, "reclassification", "late_events")
+        )
+    for at_us in instants:
+        new = effective(at_us)
+        if new == current:
+            continue
+        note = None
+        if override is not None and at_us == override.until_us:
+            reason, cause = "override", "override_expired"
+        elif at_us == floor.until_us:
+            reason, cause = "grandfathering", "grandfather_end"
+            note = f"grandfathered at {floor.tier} under policy version {floor.policy_version}"
+        else:
+            up = _rank(policy, new) > _rank(policy, current)
+            reason, cause = ("upgrade" if up else "downgrade"), by_instant[at_us].cause
+            if floor.active_at(at_us) and new == floor.tier:
+                note = f"held at {floor.tier} by grandfathering"
+        transitions.append(Transition(customer_id, at_us, current, new, reason, cause, note=note))
+        current = new
     return transitions
 
 

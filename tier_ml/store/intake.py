@@ -37,7 +37,7 @@ from typing import Any
 
 import pandas as pd
 
-from tier_ml.events import EVENT_FIELDS, EventType, OrderEvent, RejectReason, check_row
+from tier_ml.events import EVENT_FIELDS, EventType, OrderEvent, RejectReason, check_row, content
 from tier_ml.money import to_micros
 from tier_ml.policy import Policy
 
@@ -171,20 +171,6 @@ class LedgerReader:
             code,
             value,
         )
-
-
-def content(event: OrderEvent) -> tuple[Any, ...]:
-    """What makes two deliveries of one ``event_id`` the same event (as in ``validate``)."""
-    return (
-        event.at_us,
-        str(event.event_type),
-        event.order_id,
-        event.customer_id,
-        event.amount_us,
-        event.currency,
-        event.channel,
-        event.region,
-    )
 
 
 def admit(

@@ -14,6 +14,7 @@ lock that ``policy apply`` takes exclusively while it rewrites every state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 
 from tier_ml.events import EVENT_FIELDS, OrderEvent
 from tier_ml.policy import Policy, parse_policy
+from tier_ml.rules import ReplayCheckpoint
 from tier_ml.store.cache import CachedLedger, LedgerCache
 from tier_ml.store.evaluation import Override, TierState, Transition
 from tier_ml.store.intake import LedgerReader, PlacedOrder, RawEvent
@@ -288,8 +290,21 @@ class Repository:
                     last_ids[customer_id],
                     sizes[customer_id],
                     tuple(events[customer_id]),
+                    known[customer_id].checkpoint if customer_id in known else None,
                 )
         return events, sizes
+
+    def replay_checkpoints(self, customer_ids: Sequence[str]) -> dict[str, ReplayCheckpoint]:
+        """The replay checkpoints this process holds for customers read by ``customer_events``."""
+        staged = (self.staged.get(c) for c in customer_ids)
+        return {e.checkpoint.customer_id: e.checkpoint for e in staged if e and e.checkpoint}
+
+    def keep_checkpoints(self, checkpoints: Iterable[ReplayCheckpoint]) -> None:
+        """Cache new replay checkpoints with the ledger rows they were taken on (after commit)."""
+        for checkpoint in checkpoints:
+            entry = self.staged.get(checkpoint.customer_id)
+            if entry is not None:
+                self.staged[checkpoint.customer_id] = dataclasses.replace(entry, checkpoint=checkpoint)
 
     def _ledger_rows(self, customer_ids: Sequence[str]) -> list[Any]:
         """``(id, *LEDGER_COLUMNS)`` rows of the given customers."""
