@@ -1,0 +1,203 @@
+"""The ML models the service answers with: MLflow pyfunc models loaded by registry alias.
+
+At start-up (and on ``POST /v1/admin/models/reload``) :class:`ModelHolder` resolves
+``models:/<name>@<alias>`` (alias ``champion`` by default) to a version and loads
+that exact version, so the version reported is the one serving. A reload builds
+the new set first and swaps it in one assignment: requests in flight finish on
+the old models. A model that cannot be loaded leaves the set incomplete; the
+prediction endpoints then answer 503 with the reason, while the tier endpoints
+keep serving.
+
+Models follow the contract of the training room: input a DataFrame of
+``features.FEATURE_COLUMNS``; output ``churn_probability`` (churn model) or
+``p_down, p_same, p_up`` (tier-change model), plus ``reasons`` (JSON) when
+asked for ``top_reasons`` > 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from serving.settings import ServingSettings
+
+log = logging.getLogger("serving.models")
+CHURN, TIER_CHANGE = "churn", "tier_change"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One model version, loaded."""
+
+    name: str
+    alias: str
+    version: str
+    run_id: str | None
+    model: Any  # mlflow.pyfunc.PyFuncModel
+    input_columns: tuple[str, ...] | None
+
+    def predict(self, features: pd.DataFrame, top_reasons: int) -> pd.DataFrame:
+        frame = features if self.input_columns is None else features[list(self.input_columns)]
+        frame = _naive_utc(frame)
+        params = {"top_reasons": int(top_reasons)}
+        output = self.model.predict(frame, params=params)
+        output = output if isinstance(output, pd.DataFrame) else pd.DataFrame(output)
+        return output.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The models serving now, and why any is missing."""
+
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    loaded_at: float = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return CHURN in self.models and TIER_CHANGE in self.models
+
+    def versions(self) -> dict[str, str | None]:
+        return {
+            kind: (m.version if (m := self.models.get(kind)) else None)
+            for kind in (CHURN, TIER_CHANGE)
+        }
+
+    def unavailable_reason(self) -> str:
+        missing = [kind for kind in (CHURN, TIER_CHANGE) if kind not in self.models]
+        reasons = "; ".join(f"{kind}: {self.errors.get(kind, 'not loaded')}" for kind in missing)
+        return (
+            "no prediction model is loaded ("
+            + reasons
+            + "). Train and promote one (`tier-ml train`, alias champion), then "
+            "POST /v1/admin/models/reload"
+        )
+
+
+def _naive_utc(frame: pd.DataFrame) -> pd.DataFrame:
+    """Timezone-aware time columns as naive UTC: MLflow's schema enforcement only takes naive
+    datetimes, while the feature builders return aware ones."""
+    aware = [c for c, dtype in frame.dtypes.items() if isinstance(dtype, pd.DatetimeTZDtype)]
+    if not aware:
+        return frame
+    frame = frame.copy()
+    for column in aware:
+        frame[column] = frame[column].dt.tz_convert("UTC").dt.tz_localize(None)
+    return frame
+
+
+def _input_columns(model: Any) -> tuple[str, ...] | None:
+    try:
+        schema = model.metadata.get_input_schema()
+    except Exception:  # a model logged without a signature: pass the frame as it is
+        return None
+    if schema is None or not schema.has_input_names():
+        return None
+    return tuple(schema.input_names())
+
+
+def load_model(settings: ServingSettings, name: str) -> LoadedModel:
+    """``models:/name@alias`` resolved to its version, and that version loaded."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = settings.mlflow_tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version_by_alias(name, settings.model_alias)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    return LoadedModel(
+        name,
+        settings.model_alias,
+        str(version.version),
+        version.run_id,
+        model,
+        _input_columns(model),
+    )
+
+
+def load_model_set(settings: ServingSettings) -> ModelSet:
+    """Both models, each loaded on its own (one failing leaves the other loaded)."""
+    models: dict[str, LoadedModel] = {}
+    errors: dict[str, str] = {}
+    for kind, name in (
+        (CHURN, settings.churn_model_name),
+        (TIER_CHANGE, settings.tier_change_model_name),
+    ):
+        try:
+            models[kind] = load_model(settings, name)
+            log.info(
+                "loaded model %s@%s (version %s)", name, settings.model_alias, models[kind].version
+            )
+        except (
+            Exception
+        ) as exc:  # the registry is outside the service: any failure means "no model"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            errors[kind] = (
+                f"{name}@{settings.model_alias} could not be loaded from {settings.mlflow_tracking_uri}: {first}"
+            )
+            log.warning("%s", errors[kind])
+    return ModelSet(models, errors, time.time())
+
+
+class ModelHolder:
+    """The current :class:`ModelSet`, replaced whole on reload (one reload at a time)."""
+
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+        self.current = ModelSet(errors={CHURN: "not loaded yet", TIER_CHANGE: "not loaded yet"})
+        self._reload_lock = threading.Lock()
+
+    def reload(self) -> ModelSet:
+        with self._reload_lock:
+            self.current = load_model_set(self.settings)
+            return self.current
+
+
+def reasons_list(value: Any) -> list[dict[str, Any]]:
+    """The model's ``reasons`` cell (a JSON list) as a list; empty when absent."""
+    if value is None or (isinstance(value, float) and value != value):
+        return []
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return []
+        return parsed if isinstance(parsed, list) else []
+    return list(value) if isinstance(value, list) else []
+
+
+def prediction_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """One scored row's probabilities and reasons under the API's names (API and dashboard)."""
+    return {
+        "churn_probability": float(row["churn_probability"]),
+        "p_upgrade": float(row["p_up"]),
+        "p_downgrade": float(row["p_down"]),
+        "p_same": float(row["p_same"]),
+        "churn_reasons": reasons_list(row.get("churn_reasons")),
+        "tier_change_reasons": reasons_list(row.get("tier_change_reasons")),
+    }
+
+
+def predict_frame(models: ModelSet, features: pd.DataFrame, top_reasons: int) -> pd.DataFrame:
+    """Both models on a feature frame: one row per input row with ``customer_id``,
+    ``churn_probability``, ``p_down``, ``p_same``, ``p_up`` and, when asked, the reasons."""
+    churn = models.models[CHURN].predict(features, top_reasons)
+    change = models.models[TIER_CHANGE].predict(features, top_reasons)
+    out = pd.DataFrame({"customer_id": features["customer_id"].astype(str).to_numpy()})
+    out["churn_probability"] = churn["churn_probability"].astype(float).to_numpy()
+    for name in ("p_down", "p_same", "p_up"):
+        out[name] = change[name].astype(float).to_numpy()
+    if top_reasons > 0:
+        out["churn_reasons"] = list(churn["reasons"]) if "reasons" in churn else [None] * len(out)
+        out["tier_change_reasons"] = (
+            list(change["reasons"]) if "reasons" in change else [None] * len(out)
+        )
+    return out

@@ -1,0 +1,223 @@
+"""Customers: the tier view for CRM and the customer portal, and manual overrides (admin).
+
+Overrides and their removal are audited with the API key's name as the actor and
+the reason given.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+
+from serving.deps import Admin, NowDep, Services, ServicesDep, TiersReader
+from serving.errors import Problem, customer_not_found, problem_responses
+from serving.schemas import CustomerOut, HistoryOut, OverrideIn, OverrideOut, PendingOrderOut
+from tier_ml.events import parse_instant
+from tier_ml.money import micros_to_money
+from tier_ml.store.explain import customer_ledger
+from tier_ml.store.service import StoreError, clear_override, iso_instant, set_override
+from tier_ml.store.views import CustomerView, customer_view
+
+router = APIRouter(tags=["customers"])
+CustomerId = Annotated[str, Path(min_length=1, max_length=256, description="The customer's id")]
+
+
+def _iso(micros: int | None) -> str | None:
+    return None if micros is None else iso_instant(micros)
+
+
+def _none(value: Any) -> Any:
+    return None if value is None or value != value else value
+
+
+def customer_out(view: CustomerView, now_us: int) -> CustomerOut:
+    state, policy, row = view.state, view.policy, view.tier_row
+    tier = (
+        policy.tiers[policy.tier_names.index(state.tier)]
+        if state.tier in policy.tier_names
+        else None
+    )
+    override = view.override
+    pending = sorted(view.pending_orders, key=lambda p: (p.matures_at_us, p.order_id))
+    return CustomerOut(
+        customer_id=state.customer_id,
+        as_of=iso_instant(max(now_us, state.evaluated_at_us)),
+        tier=state.tier or "",
+        tier_since=_iso(state.tier_since_us),
+        rules_tier=state.rules_tier,
+        eligible_tier=state.eligible_tier,
+        region=state.region,
+        currency=policy.base_currency,
+        qualifying_spend=micros_to_money(state.qualifying_us),
+        qualifying_orders=state.qualifying_orders,
+        pending_spend=micros_to_money(state.pending_us),
+        pending_matures_at=_iso(pending[0].matures_at_us) if pending else None,
+        pending_orders=[
+            PendingOrderOut(
+                order_id=p.order_id,
+                placed_at=iso_instant(p.placed_at_us),
+                amount=micros_to_money(p.pending_us),
+                matures_at=iso_instant(p.matures_at_us),
+            )
+            for p in pending
+        ],
+        next_tier=_none(row.get("next_tier")),
+        spend_to_next_tier=_none(row.get("spend_to_next_tier")),
+        perks=dict(tier.perks) if tier is not None else {},
+        last_order_at=_iso(state.last_order_at_us),
+        grace_ends_at=_iso(state.grace_ends_at_us),
+        next_change_at=_iso(state.next_change_at_us),
+        tier_changes=state.tier_changes,
+        override=None
+        if override is None
+        else OverrideOut(
+            tier=override.tier,
+            reason=override.reason,
+            actor=override.actor,
+            set_at=iso_instant(override.set_at_us),
+            until=_iso(override.until_us),
+        ),
+        policy_version=view.policy_version,
+        history=[
+            HistoryOut(
+                at=iso_instant(h["at_us"]),
+                recorded_at=iso_instant(h["recorded_at_us"]),
+                old_tier=h["old_tier"],
+                new_tier=h["new_tier"],
+                reason=h["reason"],
+                cause=h["cause"],
+                actor=h["actor"],
+                note=h["note"],
+                policy_version=h["policy_version"],
+            )
+            for h in view.history
+        ],
+    )
+
+
+def load_customer(services: Services, customer_id: str, now_us: int) -> CustomerView:
+    view = customer_view(services.engine, customer_id, now_us)
+    if view is None:
+        raise customer_not_found(customer_id)
+    return view
+
+
+def _require_reason(reason: str, location: str) -> None:
+    """Overrides are audited: a blank reason is a 422 on the ``reason`` field."""
+    if not reason.strip():
+        raise Problem(
+            422,
+            "a reason is required (it is kept in the audit log)",
+            field="reason",
+            location=location,
+        )
+
+
+@router.get(
+    "/v1/customers/{customer_id}",
+    response_model=CustomerOut,
+    summary="A customer's tier, spend, pending spend and when it matures, perks and tier history",
+    responses=problem_responses(401, 403, 404, 422),
+)
+def get_customer(
+    customer_id: CustomerId, principal: TiersReader, services: ServicesDep, now_us: NowDep
+) -> CustomerOut:
+    return customer_out(load_customer(services, customer_id, now_us), now_us)
+
+
+@router.get(
+    "/v1/customers/{customer_id}/ledger",
+    summary="Why a customer has their tier: orders, buffer clearings, refunds, transitions, targets",
+    description=(
+        "The explained tier ledger, computed by the rules engine itself (it cannot disagree "
+        "with the tier): which orders count and when each cleared or will clear the buffer, "
+        "what each refund or cancel removed, orders that left the window, every transition "
+        "with the rule that caused it (and overrides, policy changes, grandfathering from the "
+        "audit log), and the spend and dates to reach the next tier or keep this one."
+    ),
+    responses=problem_responses(401, 403, 404, 422),
+)
+def get_ledger(
+    customer_id: CustomerId, principal: TiersReader, services: ServicesDep, now_us: NowDep
+) -> dict[str, Any]:
+    load_customer(services, customer_id, now_us)  # 404 for a customer the store does not know
+    try:
+        return customer_ledger(services.engine, customer_id, now_us).to_dict()
+    except StoreError as exc:
+        raise Problem(409, str(exc)) from None
+
+
+@router.put(
+    "/v1/customers/{customer_id}/override",
+    response_model=CustomerOut,
+    summary="Give a customer a tier whatever the rules say, until a time or until removed (admin)",
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+def put_override(
+    customer_id: CustomerId,
+    body: OverrideIn,
+    principal: Admin,
+    services: ServicesDep,
+    now_us: NowDep,
+) -> CustomerOut:
+    before = load_customer(services, customer_id, now_us).state.tier
+    policy = services.policy()
+    if body.tier not in policy.tier_names:
+        raise Problem(
+            422,
+            f"unknown tier {body.tier!r}; the policy's tiers are {', '.join(policy.tier_names)}",
+            field="tier",
+            location="body",
+        )
+    until_us = None
+    if body.until is not None:
+        until_us = parse_instant(body.until)
+        if until_us is None:
+            raise Problem(
+                422, f"{body.until!r} is not an ISO 8601 time", field="until", location="body"
+            )
+    _require_reason(body.reason, "body")
+    try:
+        set_override(
+            services.engine, customer_id, body.tier, principal.name, body.reason, now_us, until_us
+        )
+    except StoreError as exc:
+        field = "until" if "--until" in str(exc) else None
+        raise Problem(
+            422 if field else 409,
+            str(exc).replace("--until", "until"),
+            field=field,
+            location="body",
+        ) from None
+    after = load_customer(services, customer_id, now_us)
+    if after.state.tier != before:
+        services.metrics.tier_changes.inc()
+    return customer_out(after, now_us)
+
+
+@router.delete(
+    "/v1/customers/{customer_id}/override",
+    response_model=CustomerOut,
+    summary="Remove a customer's override: the rules tier applies again (admin)",
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+def delete_override(
+    customer_id: CustomerId,
+    principal: Admin,
+    services: ServicesDep,
+    now_us: NowDep,
+    reason: Annotated[
+        str, Query(min_length=1, max_length=2_000, description="Why (kept in the audit log)")
+    ],
+) -> CustomerOut:
+    before = load_customer(services, customer_id, now_us).state.tier
+    _require_reason(reason, "query")
+    try:
+        clear_override(services.engine, customer_id, principal.name, reason, now_us)
+    except StoreError as exc:
+        raise Problem(409, str(exc)) from None
+    after = load_customer(services, customer_id, now_us)
+    if after.state.tier != before:
+        services.metrics.tier_changes.inc()
+    return customer_out(after, now_us)

@@ -1,0 +1,122 @@
+"""Predictions: churn and tier-change probabilities with their top reasons (SHAP), for one
+customer (features computed on the fly) or a batch of ids."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pandas as pd
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+
+from serving.deps import NowDep, PredictionsReader, ReadyModelsDep, Services, ServicesDep
+from serving.errors import Problem, customer_not_found, problem_responses
+from serving.models import CHURN, TIER_CHANGE, ModelSet, prediction_fields
+from serving.schemas import PredictionOut, PredictionsIn, PredictionsOut
+from serving.scoring import batch_features, customer_features, score
+from tier_ml.store.service import iso_instant
+from tier_ml.store.views import customer_tiers
+
+router = APIRouter(tags=["predictions"])
+
+
+def prediction_out(
+    row: dict[str, Any], tier: str | None, now_us: int, models: ModelSet
+) -> PredictionOut:
+    return PredictionOut(
+        customer_id=str(row["customer_id"]),
+        as_of=iso_instant(now_us),
+        tier=tier,
+        **prediction_fields(row),
+        model_versions=models.versions(),
+    )
+
+
+def _count(services: Services, n: int) -> None:
+    services.metrics.predictions.labels(CHURN).inc(n)
+    services.metrics.predictions.labels(TIER_CHANGE).inc(n)
+
+
+@router.get(
+    "/v1/customers/{customer_id}/predictions",
+    response_model=PredictionOut,
+    summary="Churn, upgrade and downgrade probabilities for one customer, with top reasons",
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
+def get_customer_predictions(
+    customer_id: Annotated[str, Path(min_length=1, max_length=256)],
+    principal: PredictionsReader,
+    services: ServicesDep,
+    models: ReadyModelsDep,
+    now_us: NowDep,
+    top_reasons: Annotated[
+        int | None, Query(ge=0, le=20, description="Reasons per model (default 3)")
+    ] = None,
+) -> PredictionOut:
+    k = services.settings.top_reasons if top_reasons is None else top_reasons
+    policy = services.policy()
+    features = customer_features(services.engine, customer_id, policy, now_us)
+    if features is None or len(features) == 0:
+        raise customer_not_found(customer_id)
+    scored = score(models, features, k)
+    _count(services, 1)
+    tier = features["tier"].iloc[0] if "tier" in features else None
+    return prediction_out(
+        scored.iloc[0].to_dict(), None if pd.isna(tier) else str(tier), now_us, models
+    )
+
+
+@router.post(
+    "/v1/predictions",
+    response_model=PredictionsOut,
+    summary="Predictions for a batch of customer ids (at most TIER_ML_MAX_PREDICTION_IDS)",
+    responses=problem_responses(401, 403, 413, 422, 503),
+)
+def post_predictions(
+    body: PredictionsIn,
+    principal: PredictionsReader,
+    services: ServicesDep,
+    models: ReadyModelsDep,
+    now_us: NowDep,
+) -> JSONResponse:
+    limit = services.settings.max_prediction_ids
+    if len(body.customer_ids) > limit:
+        raise Problem(
+            413,
+            f"{len(body.customer_ids):,} ids; at most {limit:,} per request",
+            field="customer_ids",
+            location="body",
+        )
+    ids = list(dict.fromkeys(body.customer_ids))
+    policy = services.policy()
+    features = batch_features(services.engine, ids, policy, now_us)
+    scored = score(models, features, body.top_reasons)
+    tiers = customer_tiers(services.engine, ids, now_us)
+    tier_of = dict(zip(tiers["customer_id"], tiers["tier"], strict=True))
+    _count(services, len(scored))
+    # Built as plain dicts (10,000 pydantic objects would cost more than the scoring);
+    # the shape is PredictionsOut, which the schema tests check.
+    versions = models.versions()
+    as_of = iso_instant(now_us)
+    predictions = []
+    for row in scored.to_dict("records"):
+        customer_id = str(row["customer_id"])
+        predictions.append(
+            {
+                "customer_id": customer_id,
+                "as_of": as_of,
+                "tier": tier_of.get(customer_id),
+                **prediction_fields(row),
+                "model_versions": versions,
+            }
+        )
+    order = {c: i for i, c in enumerate(ids)}
+    predictions.sort(key=lambda p: order.get(p["customer_id"], len(order)))
+    scored_ids = {p["customer_id"] for p in predictions}
+    body = {
+        "as_of": as_of,
+        "model_versions": versions,
+        "predictions": predictions,
+        "missing": [c for c in ids if c not in scored_ids],
+    }
+    return JSONResponse(body)

@@ -1,0 +1,111 @@
+"""Predictions from the store: features computed as of now, then the loaded models.
+
+- one customer: ``features.store_customer_features`` (the online path) and both models;
+- many customers: their ledger rows from the store, ``features.build_features`` (the
+  batch path, the same definition), both models in one call;
+- the at-risk list of a tier: every customer of the tier scored in one batch, kept for
+  ``TIER_ML_AT_RISK_CACHE_SECONDS`` under the store's content version and the model
+  versions (a new event, tier change, policy or model invalidates it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine
+
+from serving.errors import Problem
+from serving.models import ModelSet, predict_frame
+from tier_ml.money import micros_to_instant
+from tier_ml.policy import Policy
+from tier_ml.store.views import ledger_rows, segment_page, store_version
+
+
+def _features_module() -> Any:
+    try:
+        import features
+    except ImportError as exc:  # pragma: no cover - the package ships with tier-ml
+        raise Problem(503, f"the features package is not available: {exc}") from None
+    needed = ("build_features", "store_customer_features")
+    if not all(hasattr(features, name) for name in needed):
+        raise Problem(
+            503, "the features package does not provide build_features/store_customer_features yet"
+        )
+    return features
+
+
+def customer_features(
+    engine: Engine, customer_id: str, policy: Policy, now_us: int
+) -> pd.DataFrame:
+    """One customer's feature row as of now (empty when the store has no order of theirs)."""
+    features = _features_module()
+    return features.store_customer_features(engine, customer_id, policy, micros_to_instant(now_us))
+
+
+def batch_features(
+    engine: Engine, customer_ids: list[str], policy: Policy, now_us: int
+) -> pd.DataFrame:
+    """Feature rows of many customers as of now, from their ledger rows (batch path)."""
+    features = _features_module()
+    events = ledger_rows(engine, customer_ids)
+    if events.empty:
+        return pd.DataFrame(columns=["customer_id"])
+    return features.build_features(events, policy, micros_to_instant(now_us))
+
+
+def score(models: ModelSet, frame: pd.DataFrame, top_reasons: int) -> pd.DataFrame:
+    if frame.empty:
+        return pd.DataFrame(
+            columns=["customer_id", "churn_probability", "p_down", "p_same", "p_up"]
+        )
+    return predict_frame(models, frame, top_reasons)
+
+
+@dataclass(frozen=True)
+class AtRiskList:
+    """A tier's customers with their churn probability, highest first."""
+
+    tier: str
+    as_of_us: int
+    model_versions: dict[str, str | None]
+    rows: pd.DataFrame  # tier columns + churn_probability, sorted
+
+
+class AtRiskCache:
+    """The latest at-risk list per tier, reused while the store and models are unchanged."""
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self.ttl = ttl_seconds
+        self._entries: dict[str, tuple[tuple[Any, ...], float, AtRiskList]] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self, engine: Engine, models: ModelSet, policy: Policy, tier: str, now_us: int
+    ) -> AtRiskList:
+        key = (store_version(engine), tuple(sorted(models.versions().items())), id(models))
+        with self._lock:
+            entry = self._entries.get(tier)
+            if entry is not None and entry[0] == key and entry[1] > time.monotonic():
+                return entry[2]
+            result = compute_at_risk(engine, models, policy, tier, now_us)
+            self._entries[tier] = (key, time.monotonic() + self.ttl, result)
+            return result
+
+
+def compute_at_risk(
+    engine: Engine, models: ModelSet, policy: Policy, tier: str, now_us: int
+) -> AtRiskList:
+    tiers, _ = segment_page(engine, tier, now_us)
+    ids = tiers["customer_id"].tolist()
+    scores = score(models, batch_features(engine, ids, policy, now_us), 0)
+    merged = tiers.merge(
+        scores[["customer_id", "churn_probability"]], on="customer_id", how="inner"
+    )
+    merged = merged.sort_values(
+        ["churn_probability", "customer_id"], ascending=[False, True], kind="stable"
+    )
+    return AtRiskList(tier, now_us, models.versions(), merged.reset_index(drop=True))

@@ -1,0 +1,289 @@
+"""The HTTP API in process (ASGI): the auth matrix (every endpoint x every scope), problem+json
+errors, request limits, no-model behaviour, keys from the store, the ``apikey`` CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from serving.app import create_app
+from serving.settings import ServingSettings
+from tests.e2e import serving_support as support
+from tier_ml.money import instant_to_micros
+from tier_ml.store.service import apply_events, open_store
+
+NOW_US = instant_to_micros(support.AS_OF)
+EVENTS = [
+    {
+        "event_id": f"e{i}",
+        "event_type": "placed",
+        "order_id": f"o{i}",
+        "customer_id": f"C{i % 3}",
+        "occurred_at": f"2025-0{1 + i % 5}-1{i % 9}T10:00:00Z",
+        "amount": "9000",
+        "currency": "USD",
+        "channel": "web",
+        "region": "US",
+    }
+    for i in range(12)
+]
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('serving-api') / 'store.sqlite'}"
+    engine = open_store(url)
+    apply_events(engine, EVENTS, NOW_US)
+    engine.dispose()
+    return url
+
+
+def settings(store_url: str, **extra: object) -> ServingSettings:
+    values = {
+        "database_url": store_url,
+        # a registry that cannot exist: loading fails fast, as with no model registered
+        "mlflow_tracking_uri": "sqlite:///"
+        + str(Path(store_url.removeprefix("sqlite:///")).parent / "missing" / "mlflow.db"),
+        "api_keys": support.ENV_KEYS,
+        "now": support.AS_OF,
+        "load_models": False,
+        "key_cache_seconds": 0.0,
+    }
+    return ServingSettings(**{**values, **extra})
+
+
+@pytest.fixture(scope="module")
+def client(store_url: str) -> Iterator[TestClient]:
+    with TestClient(create_app(settings(store_url))) as test_client:
+        yield test_client
+
+
+# Every protected endpoint: (method, path, scope, request options).
+ENDPOINTS = [
+    ("POST", "/v1/events", "events:write", {"json": EVENTS[0]}),
+    (
+        "POST",
+        "/v1/channels/{channel}/orders",
+        "events:write",
+        {"json": {"type": "order.created"}, "path": {"channel": "app"}},
+    ),
+    ("GET", "/v1/customers/{customer_id}", "tiers:read", {"path": {"customer_id": "C1"}}),
+    ("GET", "/v1/customers/{customer_id}/ledger", "tiers:read", {"path": {"customer_id": "C1"}}),
+    (
+        "PUT",
+        "/v1/customers/{customer_id}/override",
+        "admin",
+        {"json": {"tier": "Gold", "reason": "t"}, "path": {"customer_id": "C1"}},
+    ),
+    (
+        "DELETE",
+        "/v1/customers/{customer_id}/override",
+        "admin",
+        {"params": {"reason": "t"}, "path": {"customer_id": "C1"}},
+    ),
+    (
+        "GET",
+        "/v1/customers/{customer_id}/predictions",
+        "predictions:read",
+        {"path": {"customer_id": "C1"}},
+    ),
+    ("POST", "/v1/predictions", "predictions:read", {"json": {"customer_ids": ["C1"]}}),
+    ("GET", "/v1/segments/gold-at-risk", "predictions:read", {}),
+    ("GET", "/v1/segments/{tier}", "tiers:read", {"path": {"tier": "Gold"}}),
+    ("GET", "/v1/support/priority", "tiers:read", {}),
+    ("GET", "/v1/policy", "tiers:read", {}),
+    ("POST", "/v1/policy", "admin", {"json": {"policy": {"tiers": [{"name": "Silver"}]}}}),
+    ("POST", "/v1/jobs/reclassify", "admin", {"json": {}}),
+    ("GET", "/v1/jobs/{job_id}", "admin", {"path": {"job_id": "nope"}}),
+    ("GET", "/v1/audit", "audit:read", {}),
+    ("POST", "/v1/admin/models/reload", "admin", {}),
+]
+PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+
+
+def call(client: TestClient, method: str, path: str, options: dict, key: str | None) -> object:
+    url = path.format(**options.get("path", {}))
+    headers = {} if key is None else {"X-API-Key": key}
+    return client.request(
+        method, url, json=options.get("json"), params=options.get("params"), headers=headers
+    )
+
+
+def test_the_matrix_lists_every_endpoint(client: TestClient) -> None:
+    paths = client.app.openapi()["paths"]
+    routes = {(method.upper(), path) for path, operations in paths.items() for method in operations}
+    assert routes == {(m, p) for m, p, _, _ in ENDPOINTS} | PUBLIC
+
+
+@pytest.mark.parametrize("scope", support.SCOPES)
+@pytest.mark.parametrize(
+    ("method", "path", "needed", "options"), ENDPOINTS, ids=[f"{m} {p}" for m, p, _, _ in ENDPOINTS]
+)
+def test_auth_matrix(
+    client: TestClient, scope: str, method: str, path: str, needed: str, options: dict
+) -> None:
+    response = call(client, method, path, options, support.KEYS[scope])
+    if scope == needed:
+        assert response.status_code not in {401, 403}, response.text
+    else:
+        assert response.status_code == 403, response.text
+        assert needed in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "needed", "options"), ENDPOINTS, ids=[f"{m} {p}" for m, p, _, _ in ENDPOINTS]
+)
+def test_no_key_or_a_wrong_key_is_401(
+    client: TestClient, method: str, path: str, needed: str, options: dict
+) -> None:
+    for key in (None, "not-a-key"):
+        response = call(client, method, path, options, key)
+        assert response.status_code == 401
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert "WWW-Authenticate" in response.headers
+
+
+def test_bearer_works_like_x_api_key(client: TestClient) -> None:
+    response = client.get(
+        "/v1/customers/C1", headers={"Authorization": f"Bearer {support.KEYS['tiers:read']}"}
+    )
+    assert response.status_code == 200
+
+
+def test_without_models_predictions_are_503_and_tiers_serve(client: TestClient) -> None:
+    key = {"X-API-Key": support.ALL_KEY}
+    prediction = client.get("/v1/customers/C1/predictions", headers=key)
+    assert prediction.status_code == 503
+    assert "no prediction model is loaded" in prediction.json()["detail"]
+    assert client.get("/v1/customers/C1", headers=key).status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["store"] == "ok"
+    reload = client.post("/v1/admin/models/reload", headers=key).json()
+    assert reload["ready"] is False and "could not be loaded" in reload["models"]["churn"]["error"]
+
+
+def test_errors_are_problems_with_field_and_reason(client: TestClient) -> None:
+    key = {"X-API-Key": support.ALL_KEY}
+    wrong_type = client.post("/v1/events", json={"events": [{"event_id": ["x"]}]}, headers=key)
+    assert wrong_type.status_code == 422
+    assert wrong_type.json()["errors"][0]["field"].endswith("event_id")
+    bad_json = client.post(
+        "/v1/events", content=b"{", headers={**key, "content-type": "application/json"}
+    )
+    assert (
+        bad_json.status_code == 422 and "not valid JSON" in bad_json.json()["errors"][0]["reason"]
+    )
+    unknown_field = client.post("/v1/events", json={"evnt_id": "x"}, headers=key)
+    assert unknown_field.status_code == 422
+    empty = client.post("/v1/events", json=[], headers=key)
+    assert empty.status_code == 422 and empty.json()["errors"][0]["field"] == "events"
+    limit = client.get("/v1/segments/gold", params={"limit": 0}, headers=key)
+    assert limit.status_code == 422
+    assert (
+        limit.json()["errors"][0]["field"] == "limit" and limit.json()["errors"][0]["in"] == "query"
+    )
+    assert client.get("/v1/nothing-here").status_code == 404
+    media = client.post(
+        "/v1/channels/app/orders", content=b"x", headers={**key, "content-type": "application/xml"}
+    )
+    assert media.status_code == 415
+    policy = client.post("/v1/policy", json={"policy": {"tiers": []}}, headers=key)
+    assert policy.status_code == 422 and policy.json()["errors"][0]["field"] == "policy"
+
+
+def test_request_size_and_batch_limits(store_url: str) -> None:
+    app = create_app(
+        settings(store_url, max_body_bytes=2_000, max_events_per_request=2, max_prediction_ids=2)
+    )
+    key = {"X-API-Key": support.ALL_KEY}
+    with TestClient(app) as small:
+        big = small.post("/v1/events", json={"events": [EVENTS[0]] * 40}, headers=key)
+        assert big.status_code == 413 and big.headers["content-type"].startswith(
+            "application/problem+json"
+        )
+        streamed = small.post(
+            "/v1/events",
+            content=iter([b"[" + b" " * 1500, b" " * 1500 + b"]"]),
+            headers={**key, "content-type": "application/json"},
+        )
+        assert streamed.status_code == 413
+        many = small.post("/v1/events", json=[EVENTS[0]] * 3, headers=key)
+        assert many.status_code == 413 and many.json()["errors"][0]["field"] == "events"
+
+
+def test_no_keys_at_all_is_closed_unless_disabled(store_url: str) -> None:
+    with TestClient(create_app(settings(store_url, api_keys=""))) as closed:
+        refused = closed.get("/v1/customers/C1")
+        assert refused.status_code == 401 and "tier-ml apikey create" in refused.json()["detail"]
+    with TestClient(create_app(settings(store_url, api_keys="", auth_disabled=True))) as demo:
+        assert demo.get("/v1/customers/C1").status_code == 200
+        assert "disabled" in demo.get("/readyz").json()["auth"]
+
+
+def test_store_keys_hashed_revocable_and_the_cli(store_url: str) -> None:
+    from tier_ml.cli import app as cli
+
+    runner = CliRunner()
+    created = runner.invoke(
+        cli, ["apikey", "create", "--name", "crm", "--scopes", "tiers:read", "--db", store_url]
+    )
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip().splitlines()[0]
+    engine = open_store(store_url)
+    stored = (
+        engine.connect()
+        .exec_driver_sql("SELECT key_hash, scopes FROM api_keys WHERE name = 'crm'")
+        .fetchall()
+    )
+    engine.dispose()
+    assert stored and key not in {value for row in stored for value in row}  # only the hash is kept
+    with TestClient(create_app(settings(store_url, api_keys=""))) as app:
+        assert app.get("/v1/customers/C1", headers={"X-API-Key": key}).status_code == 200
+        assert app.get("/v1/audit", headers={"X-API-Key": key}).status_code == 403
+        revoked = runner.invoke(cli, ["apikey", "revoke", "--name", "crm", "--db", store_url])
+        assert revoked.exit_code == 0
+        assert app.get("/v1/customers/C1", headers={"X-API-Key": key}).status_code == 401
+    bad = runner.invoke(
+        cli, ["apikey", "create", "--name", "x", "--scopes", "root", "--db", store_url]
+    )
+    assert bad.exit_code == 2 and "unknown scope" in bad.output
+
+
+def test_bad_env_keys_fail_at_start(store_url: str) -> None:
+    from tier_ml.store.apikeys import ApiKeyError
+
+    with (
+        pytest.raises(ApiKeyError, match="TIER_ML_API_KEYS entry 1"),
+        TestClient(create_app(settings(store_url, api_keys="just-a-key"))),
+    ):
+        pass
+
+
+def test_serve_refuses_bad_settings_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tier_ml.cli import app as cli
+
+    runner = CliRunner()
+    bad_db = runner.invoke(cli, ["serve", "--db", "nonsense://x"])
+    assert bad_db.exit_code == 2 and "cannot open the store" in bad_db.output
+    monkeypatch.setenv("TIER_ML_API_KEYS", "just-a-key")
+    bad_keys = runner.invoke(cli, ["serve", "--db", f"sqlite:///{tmp_path / 's.sqlite'}"])
+    assert bad_keys.exit_code == 2 and "three fields separated by colons" in bad_keys.output
+    assert "Traceback" not in bad_db.output + bad_keys.output
+
+
+def test_ledger_explains_the_tier_the_customer_endpoint_shows(client: TestClient) -> None:
+    key = {"X-API-Key": support.KEYS["tiers:read"]}
+    customer = client.get("/v1/customers/C1", headers=key).json()
+    ledger = client.get("/v1/customers/C1/ledger", headers=key)
+    assert ledger.status_code == 200
+    body = ledger.json()
+    assert body["customer_id"] == "C1"
+    assert body["effective_tier"] == customer["tier"]
+    missing = client.get("/v1/customers/nobody/ledger", headers=key)
+    assert missing.status_code == 404 and missing.json()["errors"][0]["field"] == "customer_id"
