@@ -20,7 +20,7 @@ from serving.errors import BodyLimitMiddleware, install_error_handlers
 from serving.jobs import JobRunner
 from serving.metrics import LatencyMiddleware, Metrics
 from serving.models import ModelHolder
-from serving.routers import audit, customers, events, ops, policy, predictions, segments
+from serving.routers import audit, customers, events, ops, outbox, policy, predictions, segments
 from serving.scoring import AtRiskCache
 from serving.settings import ServingSettings, load_settings
 from tier_ml.store import jobs as job_store
@@ -49,6 +49,7 @@ TAGS = [
     {"name": "segments", "description": "Lists for campaigns and support (JSON pages or CSV)."},
     {"name": "policy and jobs", "description": "The tier policy; reclassification jobs."},
     {"name": "audit", "description": "The audit log for compliance."},
+    {"name": "outbox", "description": "Tier-change messages out: delivery state, dead letters."},
     {"name": "operations", "description": "Health, readiness, metrics, model reload."},
 ]
 
@@ -107,6 +108,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         segments.router,
         policy.router,
         audit.router,
+        outbox.router,
         ops.router,
     ):
         app.include_router(router)

@@ -8,6 +8,10 @@ import pytest
 
 from tests.scenarios import SCENARIO_DIR, scenario_files
 
+# The trained-models session fixtures, registered once for the whole suite so every module
+# shares one training run (importing them into several modules would train once per module).
+pytest_plugins = ["tests.integration.training_fixtures"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not scenario_files() and os.environ.get("CI"):

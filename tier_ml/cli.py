@@ -15,10 +15,16 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tier_ml.batch import PIPELINE_STAGES, classify_reference_to_files, classify_to_files
+from tier_ml.batch import (
+    PIPELINE_STAGES,
+    BatchSummary,
+    classify_reference_to_files,
+    classify_to_files,
+)
 from tier_ml.events import EventReadError, parse_instant
 from tier_ml.money import instant_to_micros, micros_to_instant
 from tier_ml.policy import Policy, PolicyError, load_policy
@@ -35,7 +41,9 @@ console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error and return the exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, emoji=False
+    )
     return typer.Exit(code)
 
 
@@ -120,7 +128,9 @@ def classify(
     engine: Annotated[
         str,
         typer.Option(
-            "--engine", help="duckdb (vectorized, default) or reference (plain Python, slow)."
+            "--engine",
+            help="duckdb (vectorized, default), spark (Apache Spark: SPARK_MASTER or local[*]; "
+            "needs the spark extra of tier-ml and Java) or reference (plain Python, slow).",
         ),
     ] = "duckdb",
 ) -> None:
@@ -134,11 +144,13 @@ def classify(
     """
     rules = load_policy_or_exit(policy)
     as_of_us = parse_instant_or_exit(as_of, "--as-of")
-    if engine not in {"duckdb", "reference"}:
-        raise fail(f"--engine must be duckdb or reference, not {engine!r}")
+    if engine not in {"duckdb", "spark", "reference"}:
+        raise fail(f"--engine must be duckdb, spark or reference, not {engine!r}")
     started = time.perf_counter()
     try:
-        if engine == "reference":
+        if engine == "spark":
+            summary = _classify_on_spark(rules, events, as_of_us, out, rejects)
+        elif engine == "reference":
             summary = classify_reference_to_files(rules, events, as_of_us, out, rejects)
         else:
             progress, advance = stage_progress(list(PIPELINE_STAGES), "classifying")
@@ -162,6 +174,25 @@ def classify(
         + f", {summary.replays:,} replays ignored; wrote {out} in {elapsed:.1f}s",
         highlight=False,
     )
+
+
+def _classify_on_spark(
+    rules: Policy, events: Path, as_of_us: int, out: Path, rejects: Path | None
+) -> BatchSummary:
+    """``classify --engine spark``: a one-line error when pyspark or Java is missing."""
+    from tier_ml.engines import EngineUnavailableError
+    from tier_ml.engines.spark import SPARK_STAGES, classify_spark_to_files, spark_session
+
+    try:
+        with console.status("starting Spark ..."):
+            spark = spark_session()
+    except EngineUnavailableError as exc:
+        raise fail(str(exc)) from None
+    progress, advance = stage_progress(list(SPARK_STAGES), "classifying on Spark")
+    with progress:
+        return classify_spark_to_files(
+            rules, events, as_of_us, out, rejects, spark=spark, on_stage=advance
+        )
 
 
 # --- simulate and import: data in ------------------------------------------------------------
@@ -381,3 +412,21 @@ def import_command(
 from tier_ml.commands.store import register as _register_store_commands  # noqa: E402
 
 _register_store_commands(app)
+from tier_ml.commands.features import register as _register_feature_commands  # noqa: E402
+
+_register_feature_commands(app)
+from tier_ml.commands.explain import register as _register_explain_commands  # noqa: E402
+
+_register_explain_commands(app)
+from tier_ml.commands.notify import register as _register_notify_commands  # noqa: E402
+
+_register_notify_commands(app)
+from tier_ml.commands.serve import register as _register_serve_commands  # noqa: E402
+
+_register_serve_commands(app)
+from tier_ml.commands.training import register as _register_training_commands  # noqa: E402
+
+_register_training_commands(app)
+from tier_ml.commands.monitor import register as _register_monitor_commands  # noqa: E402
+
+_register_monitor_commands(app)

@@ -8,6 +8,8 @@ test), so a test can set ``TIER_ML_DATABASE_URL`` before asking.
   ``tier_ml.sqlite`` in the working directory (no set-up). Production uses
   PostgreSQL, e.g. ``postgresql+psycopg://user@host/tier_ml``.
 - ``TIER_ML_POLICY``: the policy YAML; unset means the packaged default policy.
+- ``TIER_ML_CHANNELS``: the notification channels YAML; unset means ``channels.yaml``
+  beside the policy file, if there is one (see ``tier_ml.notify.config``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class Settings(BaseSettings):
     database_url: str = DEFAULT_DATABASE_URL
     policy_path: Path | None = Field(
         default=None, validation_alias=AliasChoices("TIER_ML_POLICY", "policy_path")
+    )
+    channels_path: Path | None = Field(
+        default=None, validation_alias=AliasChoices("TIER_ML_CHANNELS", "channels_path")
     )
 
 

@@ -73,6 +73,8 @@ ENDPOINTS = [
     ),
     ("GET", "/v1/customers/{customer_id}", "tiers:read", {"path": {"customer_id": "C1"}}),
     ("GET", "/v1/customers/{customer_id}/ledger", "tiers:read", {"path": {"customer_id": "C1"}}),
+    ("GET", "/v1/outbox", "admin", {}),
+    ("POST", "/v1/outbox/retry", "admin", {"json": {}}),
     (
         "PUT",
         "/v1/customers/{customer_id}/override",
@@ -287,3 +289,36 @@ def test_ledger_explains_the_tier_the_customer_endpoint_shows(client: TestClient
     assert body["effective_tier"] == customer["tier"]
     missing = client.get("/v1/customers/nobody/ledger", headers=key)
     assert missing.status_code == 404 and missing.json()["errors"][0]["field"] == "customer_id"
+
+
+def test_dead_letters_are_listed_and_retried_over_http(tmp_path: Path, monkeypatch) -> None:
+    from tests.integration.notify_support import SECRET, SECRET_ENV, WebhookReceiver
+    from tier_ml.notify.config import parse_channels
+    from tier_ml.notify.dispatcher import dispatch
+    from tier_ml.notify.senders import build_senders
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    engine = open_store(url)
+    apply_events(engine, EVENTS[:1], NOW_US)  # one welcome message for C0
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    receiver = WebhookReceiver(fail_first=1, fail_status=410).start()  # 410: refused for good
+    try:
+        config = parse_channels(
+            {"webhooks": [{"name": "crm", "url": receiver.url, "secret_env": SECRET_ENV}]}
+        )
+        assert dispatch(engine, config, build_senders(config), NOW_US).dead == 1
+    finally:
+        receiver.stop()
+    engine.dispose()
+    admin = {"X-API-Key": support.KEYS["admin"]}
+    with TestClient(create_app(settings(url))) as client:
+        page = client.get("/v1/outbox", params={"status": "dead"}, headers=admin).json()
+        assert page["counts"]["dead"] == 1
+        [message] = page["messages"]
+        assert message["customer_id"] == "C0" and message["kind"] == "welcome"
+        retried = client.post("/v1/outbox/retry", json={}, headers=admin).json()
+        assert retried["retried"] == [message["id"]]
+        after = client.get("/v1/outbox", params={"status": "dead"}, headers=admin).json()
+        assert after["counts"]["dead"] == 0 and after["messages"] == []
+        bad = client.get("/v1/outbox", params={"status": "lost"}, headers=admin)
+        assert bad.status_code == 422

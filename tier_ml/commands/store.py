@@ -350,10 +350,21 @@ def worker(
     iterations: Annotated[
         int, typer.Option("--iterations", min=0, help="Stop after N sweeps (0: run until stopped).")
     ] = 0,
+    channels: Annotated[
+        Path | None,
+        typer.Option(
+            "--channels",
+            help="Channels YAML: after each sweep, queue due downgrade warnings and deliver the "
+            "outbox. Default: $TIER_ML_CHANNELS, else channels.yaml beside the policy; none: sweep only.",
+        ),
+    ] = None,
 ) -> None:
-    """Sweep due customers with the real clock, every --interval seconds, until stopped (Ctrl-C)."""
+    """Sweep due customers with the real clock, every --interval seconds, until stopped (Ctrl-C);
+    with a channels file, also deliver the outbox after each sweep."""
+    from tier_ml.commands.notify import worker_notifier, worker_tick
     from tier_ml.store.service import sweep as run_sweep
 
+    notifier = worker_notifier(channels)
     engine = _open(db)
     done = 0
     try:
@@ -367,6 +378,13 @@ def worker(
                     f"{result.transitions:,} tier changes",
                     highlight=False,
                 )
+            if notifier is not None:
+                from tier_ml.commands.notify import _notify_errors
+
+                with _notify_errors():
+                    delivered = worker_tick(engine, now_us, *notifier)
+                if delivered:
+                    _console().print(f"{time.strftime('%H:%M:%S')} {delivered}", highlight=False)
             done += 1
             if iterations == 0 or done < iterations:
                 time.sleep(interval)
@@ -422,8 +440,34 @@ def _matrix_table(matrix: pd.DataFrame, title: str) -> Any:
 def policy_apply(
     path: Annotated[Path, typer.Argument(help="The new policy YAML.")],
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only print the transitions matrix; write nothing.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Only show who would move (matrix, sample, revenue); write nothing."
+        ),
     ] = False,
+    grandfather_until: Annotated[
+        str | None,
+        typer.Option(
+            "--grandfather-until",
+            help="Grandfather current members: nobody drops below their current tier before "
+            "this date (ISO 8601); from then on the new policy alone decides.",
+        ),
+    ] = None,
+    note: Annotated[
+        str | None,
+        typer.Option("--note", help="Why, stored with the policy version and its audit rows."),
+    ] = None,
+    movers: Annotated[
+        Path | None,
+        typer.Option(
+            "--movers",
+            help="Write every customer the policy moves to this CSV (old and new tier, "
+            "direction, grandfathered_until, spend, revenue).",
+        ),
+    ] = None,
+    sample: Annotated[
+        int, typer.Option("--sample", min=0, help="Movers to list (largest revenue first).")
+    ] = 10,
     actor: ActorOption = None,
     now: NowOption = None,
     db: DbOption = None,
@@ -432,14 +476,18 @@ def policy_apply(
 
     Every customer's history is replayed under the new policy (the batch path
     of the rules engine); each change of tier is audited as a reclassification
-    with the new version and the actor. --dry-run prints the transitions matrix
-    (old tier x new tier counts) without writing.
+    with the new version and the actor. Before and after, it shows who moves:
+    the transitions matrix (old tier x new tier counts), the movers with the
+    most revenue, and the share of revenue that moves (--movers writes them
+    all). --dry-run shows this without writing. --grandfather-until keeps
+    current members at least at their tier until the date (audited).
     """
     from tier_ml.cli import load_policy_or_exit
     from tier_ml.store.service import apply_policy
 
     new_policy = load_policy_or_exit(path)
     now_us = _now(now)
+    until_us = _instant(grandfather_until, "--grandfather-until")
     engine = _open(db)
     started = time.perf_counter()
     with _store_errors():
@@ -450,13 +498,30 @@ def policy_apply(
             now_us,
             dry_run=dry_run,
             source_text=path.read_text(encoding="utf-8"),
+            grandfather_until_us=until_us,
+            note=note,
+            sample=sample,
         )
+    console = _console()
+    preview = result.preview
     title = (
         "Transitions (dry run)" if dry_run else f"Transitions to policy version {result.version}"
     )
-    _console().print(_matrix_table(result.matrix, title))
+    if preview is not None and until_us is not None:
+        console.print(_matrix_table(preview.matrix, title + ", new policy alone"))
+        console.print(_matrix_table(result.matrix, title + ", with grandfathering"))
+    else:
+        console.print(_matrix_table(result.matrix, title))
+    if preview is not None:
+        _print_preview(preview, dry_run)
+        if movers is not None:
+            from tier_ml.store.grandfather import MOVER_COLUMNS
+
+            movers.parent.mkdir(parents=True, exist_ok=True)
+            preview.movers[list(MOVER_COLUMNS)].to_csv(movers, index=False)
+            console.print(f"wrote {len(preview.movers):,} movers to {movers}", highlight=False)
     verb = "would change" if dry_run else "changed"
-    _console().print(
+    console.print(
         f"{result.customers:,} customers, {result.changed:,} {verb} tier"
         + (
             ""
@@ -466,6 +531,43 @@ def policy_apply(
         + f" in {time.perf_counter() - started:.1f}s",
         highlight=False,
     )
+
+
+def _print_preview(preview: Any, dry_run: bool) -> None:
+    """Who moves: counts by direction, the revenue share, grandfathering, the sample."""
+    from rich.table import Table
+
+    from tier_ml.store.grandfather import MOVER_COLUMNS
+    from tier_ml.store.service import iso_instant
+
+    console = _console()
+    moves = preview.movers_by_direction
+    verb = "would move" if dry_run else "moved"
+    console.print(
+        f"{len(preview.movers):,} of {preview.customers:,} customers {verb} under the new policy "
+        f"({moves['upgrade']:,} up, {moves['downgrade']:,} down); they hold "
+        f"{100 * preview.revenue_share:.1f}% of the revenue the programme counts "
+        f"({100 * preview.upgrade_revenue_us / max(preview.revenue_us, 1):.1f}% up, "
+        f"{100 * preview.downgrade_revenue_us / max(preview.revenue_us, 1):.1f}% down)",
+        highlight=False,
+    )
+    if preview.grandfather_until_us is not None:
+        console.print(
+            f"grandfathering until {iso_instant(preview.grandfather_until_us)}: "
+            f"{preview.grandfathered:,} members covered, {preview.held:,} kept at their tier "
+            "that the new policy alone would lower",
+            highlight=False,
+        )
+    if preview.sample.empty:
+        return
+    table = Table(title=f"Movers, largest revenue first ({len(preview.sample)} shown)")
+    for name in MOVER_COLUMNS:
+        table.add_column(name, justify="right" if name.endswith(("spend", "revenue")) else "left")
+    for row in preview.sample[list(MOVER_COLUMNS)].itertuples(index=False):
+        table.add_row(
+            *("" if v is None else (f"{v:,.2f}" if isinstance(v, float) else str(v)) for v in row)
+        )
+    console.print(table)
 
 
 @policy_app.command("show")

@@ -19,7 +19,18 @@ these classes describe it for queries and must match the latest revision.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: An auto-incrementing 64-bit key (SQLite auto-increments only ``INTEGER PRIMARY KEY``).
@@ -48,6 +59,10 @@ class PolicyVersion(Base):
     source_text: Mapped[str | None] = mapped_column(Text, doc="The YAML as applied, if any.")
     actor: Mapped[str] = mapped_column(String())
     created_at_us: Mapped[int] = mapped_column(BigInteger)
+    grandfather_until_us: Mapped[int | None] = mapped_column(
+        BigInteger, doc="Members kept their tier at least until then (NULL: not grandfathered)."
+    )
+    note: Mapped[str | None] = mapped_column(Text, doc="Why, as given when applied.")
 
 
 class Customer(Base):
@@ -112,7 +127,7 @@ class TierStateRow(Base):
     qualifying_orders: Mapped[int] = mapped_column(Integer, default=0)
     region: Mapped[str | None] = mapped_column(String())
     last_order_at_us: Mapped[int | None] = mapped_column(BigInteger)
-    grace_ends_at_us: Mapped[int | None] = mapped_column(BigInteger)
+    grace_ends_at_us: Mapped[int | None] = mapped_column(BigInteger, index=True)
     next_change_at_us: Mapped[int | None] = mapped_column(BigInteger)
     tier_changes: Mapped[int] = mapped_column(Integer, default=0)
     evaluated_at_us: Mapped[int] = mapped_column(BigInteger)
@@ -159,9 +174,19 @@ class AuditRow(Base):
 
 
 class OutboxRow(Base):
-    """A tier-change message awaiting delivery (delivery is at least once, by idempotency key)."""
+    """A message awaiting delivery (delivery is at least once, by idempotency key).
+
+    ``status`` is ``pending`` (to send, or to retry at ``next_attempt_at_us``),
+    ``delivered`` or ``dead`` (gave up after the maximum attempts; ``outbox
+    retry`` makes it pending again). Per customer, messages go out in ``id``
+    order: a later one waits while an earlier one is pending.
+    """
 
     __tablename__ = "outbox"
+    __table_args__ = (
+        Index(None, "status", "customer_id", "id"),
+        Index(None, "status", "next_attempt_at_us"),
+    )
 
     id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
     idempotency_key: Mapped[str] = mapped_column(String(), unique=True)
@@ -170,6 +195,85 @@ class OutboxRow(Base):
     payload: Mapped[str] = mapped_column(Text, doc="JSON.")
     created_at_us: Mapped[int] = mapped_column(BigInteger)
     delivered_at_us: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    status: Mapped[str] = mapped_column(String(), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at_us: Mapped[int | None] = mapped_column(BigInteger)
+    last_attempt_at_us: Mapped[int | None] = mapped_column(BigInteger)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class OutboxDeliveryRow(Base):
+    """One channel that accepted an outbox message (a retry skips the channels listed here)."""
+
+    __tablename__ = "outbox_deliveries"
+
+    outbox_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("outbox.id"), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(), primary_key=True)
+    delivered_at_us: Mapped[int] = mapped_column(BigInteger)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class CampaignRunRow(Base):
+    """One run of a retention campaign: its parameters and counts (for uplift analysis)."""
+
+    __tablename__ = "campaign_runs"
+    __table_args__ = (Index(None, "campaign", "run_at_us"),)
+
+    id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    campaign: Mapped[str] = mapped_column(String())
+    run_at_us: Mapped[int] = mapped_column(BigInteger, doc="The run's --now.")
+    recorded_at_us: Mapped[int] = mapped_column(BigInteger)
+    model_version: Mapped[str | None] = mapped_column(String())
+    threshold: Mapped[float] = mapped_column(Float)
+    control_share: Mapped[float] = mapped_column(Float)
+    cooldown_days: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    scored: Mapped[int] = mapped_column(Integer)
+    above_threshold: Mapped[int] = mapped_column(Integer)
+    cooling_down: Mapped[int] = mapped_column(Integer)
+    treated: Mapped[int] = mapped_column(Integer)
+    control: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String())
+    source: Mapped[str | None] = mapped_column(String(), doc="Where the scores came from.")
+
+
+class CampaignSelectionRow(Base):
+    """A customer a campaign run selected: score, model version, and whether held out."""
+
+    __tablename__ = "campaign_selections"
+    __table_args__ = (UniqueConstraint("run_id", "customer_id"),)
+
+    id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("campaign_runs.id"))
+    customer_id: Mapped[str] = mapped_column(String(), index=True)
+    tier: Mapped[str | None] = mapped_column(String())
+    churn_probability: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[str | None] = mapped_column(String())
+    control: Mapped[bool] = mapped_column(Boolean)
+    outbox_id: Mapped[int | None] = mapped_column(BigInteger, doc="The offer sent (None: control).")
+
+
+class CampaignCooldownRow(Base):
+    """When a campaign last selected a customer (treated or control): the cooldown's clock."""
+
+    __tablename__ = "campaign_cooldowns"
+
+    campaign: Mapped[str] = mapped_column(String(), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    last_selected_at_us: Mapped[int] = mapped_column(BigInteger)
+    last_run_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class DowngradeWarningRow(Base):
+    """A downgrade warning sent: at most one per customer and grace period."""
+
+    __tablename__ = "downgrade_warnings"
+
+    customer_id: Mapped[str] = mapped_column(String(), primary_key=True)
+    grace_ends_at_us: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    tier: Mapped[str] = mapped_column(String())
+    warned_at_us: Mapped[int] = mapped_column(BigInteger)
+    outbox_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class RejectedEventRow(Base):
@@ -183,3 +287,55 @@ class RejectedEventRow(Base):
     detail: Mapped[str] = mapped_column(Text)
     raw: Mapped[str] = mapped_column(Text, doc="The canonical fields as JSON.")
     received_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiKeyRow(Base):
+    """An API key of the HTTP service: its name (the audit actor), scopes and SHA-256 hash.
+
+    The key itself is shown once when created and never stored.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(), index=True)
+    key_hash: Mapped[str] = mapped_column(String(), unique=True)
+    scopes: Mapped[str] = mapped_column(String(), doc="Comma separated.")
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    last_used_at_us: Mapped[int | None] = mapped_column(BigInteger)
+    revoked_at_us: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class JobRow(Base):
+    """Long-running work started over HTTP (a reclassification), polled by its id."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(), primary_key=True)
+    kind: Mapped[str] = mapped_column(String())
+    status: Mapped[str] = mapped_column(String(), index=True)
+    params: Mapped[str] = mapped_column(Text, doc="JSON.")
+    result: Mapped[str | None] = mapped_column(Text, doc="JSON.")
+    error: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String())
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    started_at_us: Mapped[int | None] = mapped_column(BigInteger)
+    finished_at_us: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class GrandfatherRow(Base):
+    """A tier a customer keeps at least until ``until_us``, granted when a policy version was
+    applied with grandfathering (the latest row of a customer is the one in force)."""
+
+    __tablename__ = "grandfathering"
+    __table_args__ = (Index(None, "customer_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Serial, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.customer_id"))
+    tier: Mapped[str] = mapped_column(String())
+    since_us: Mapped[int] = mapped_column(BigInteger, doc="When they got that tier.")
+    set_at_us: Mapped[int] = mapped_column(BigInteger)
+    until_us: Mapped[int] = mapped_column(BigInteger)
+    policy_version: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String())
+    note: Mapped[str | None] = mapped_column(Text)

@@ -18,7 +18,10 @@ that reads the clock, so backfills and tests choose theirs.
   maturity happen without a new order.
 - :func:`set_override` / :func:`clear_override`: manual tiers, audited.
 - :func:`apply_policy`: a new policy version; every customer reclassified by
-  replaying their history under it on the batch path (``tier_ml.batch``).
+  replaying their history under it on the batch path (``tier_ml.batch``);
+  optionally grandfathering current members until a date (``grandfather``).
+- :func:`preview_policy`: who a new policy would move (old x new tier counts,
+  movers with their revenue, the revenue share affected); writes nothing.
 - :func:`export_tiers`: the ``classify`` columns from the stored state. With
   ``now_us`` the customers due by then are re-evaluated *in memory* first
   (nothing is written), so the export is the tiers at ``now_us`` even if no
@@ -42,10 +45,12 @@ from tier_ml.events import EVENT_FIELDS, OrderEvent, check_row
 from tier_ml.money import micros_to_instant
 from tier_ml.policy import Policy, load_policy
 from tier_ml.rules import OUTPUT_COLUMNS
+from tier_ml.store import grandfather
 from tier_ml.store.db import create_store_engine, upgrade_to_head
 from tier_ml.store.evaluation import (
     SYSTEM_ACTOR,
     Evaluation,
+    Floor,
     Notice,
     Override,
     TierState,
@@ -119,6 +124,82 @@ class PolicyApplyResult:
     states_written: int = 0
     dry_run: bool = True
     transitions: list[Transition] = field(default_factory=list)
+    preview: PolicyPreview | None = None
+
+
+@dataclass
+class PolicyPreview:
+    """Who a new policy moves, before (or as) it is applied.
+
+    ``matrix``: old tier x new tier counts under the new policy alone (overrides
+    kept); ``matrix_now``: the same right after applying, grandfathering
+    included (equal to ``matrix`` without it). ``movers``: every customer whose
+    tier the new policy changes (``grandfather.MOVER_COLUMNS`` plus
+    ``revenue_us``), largest revenue first; ``sample``: the first of them.
+    Revenue is what the programme counts for a customer today (qualifying
+    plus pending spend under the current policy).
+    """
+
+    matrix: pd.DataFrame
+    matrix_now: pd.DataFrame
+    customers: int
+    movers: pd.DataFrame
+    sample: pd.DataFrame
+    revenue_us: int
+    movers_revenue_us: int
+    upgrade_revenue_us: int
+    downgrade_revenue_us: int
+    grandfather_until_us: int | None = None
+    grandfathered: int = 0  # current members covered by a floor
+    held: int = 0  # customers the floor keeps above the new rules right away
+
+    @property
+    def revenue_share(self) -> float:
+        """Share of the programme's revenue that belongs to customers who move."""
+        return self.movers_revenue_us / self.revenue_us if self.revenue_us else 0.0
+
+    @property
+    def movers_by_direction(self) -> dict[str, int]:
+        counts = self.movers["direction"].value_counts()
+        return {name: int(counts.get(name, 0)) for name in ("upgrade", "downgrade")}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly: matrices as nested counts, the sample as records, money in the base
+        currency."""
+
+        def counts(matrix: pd.DataFrame) -> dict[str, dict[str, int]]:
+            return {
+                str(old): {str(new): int(v) for new, v in row.items()}
+                for old, row in matrix.iterrows()
+            }
+
+        sample = self.sample[list(grandfather.MOVER_COLUMNS)]
+        return {
+            "customers": self.customers,
+            "movers": len(self.movers),
+            "movers_by_direction": self.movers_by_direction,
+            "matrix": counts(self.matrix),
+            "matrix_now": counts(self.matrix_now),
+            "revenue": _money_value(self.revenue_us),
+            "movers_revenue": _money_value(self.movers_revenue_us),
+            "revenue_share": self.revenue_share,
+            "upgrade_revenue_share": self.upgrade_revenue_us / self.revenue_us
+            if self.revenue_us
+            else 0.0,
+            "downgrade_revenue_share": self.downgrade_revenue_us / self.revenue_us
+            if self.revenue_us
+            else 0.0,
+            "grandfather_until": None
+            if self.grandfather_until_us is None
+            else iso_instant(self.grandfather_until_us),
+            "grandfathered": self.grandfathered,
+            "held": self.held,
+            "sample": _nulls_as_none(sample).to_dict("records"),
+        }
+
+
+def _money_value(micros: int) -> float:
+    return ((int(micros) + 5_000) // 10_000) / 100
 
 
 # --- the active policy -----------------------------------------------------------------------
@@ -226,6 +307,8 @@ def _evaluate_customers(
     events, sizes = repo.customer_events(customer_ids, active.policy)
     states = repo.tier_states(customer_ids)
     overrides = repo.open_overrides(customer_ids)
+    floors = grandfather.open_floors(repo, customer_ids)
+    checkpoints = repo.replay_checkpoints(customer_ids)
     evaluations = []
     for customer_id in customer_ids:
         evaluations.append(
@@ -237,8 +320,11 @@ def _evaluate_customers(
                 overrides.get(customer_id),
                 now_us,
                 active.created_at_us,
+                floors.get(customer_id),
+                resume=checkpoints.get(customer_id),
             )
         )
+    repo.keep_checkpoints(e.checkpoint for e in evaluations if e.checkpoint is not None)
     return evaluations, sizes, overrides
 
 
@@ -621,8 +707,12 @@ def apply_policy(
     *,
     dry_run: bool = False,
     source_text: str | None = None,
+    grandfather_until_us: int | None = None,
+    note: str | None = None,
+    sample: int = 20,
 ) -> PolicyApplyResult:
-    """Reclassify every customer under ``policy`` at ``now_us`` (``dry_run``: only the matrix).
+    """Reclassify every customer under ``policy`` at ``now_us`` (``dry_run``: only the matrix
+    and the preview).
 
     The ledger is replayed on the batch path (``tier_ml.batch.classify_frame``).
     Without ``dry_run``, in one transaction that holds every other writer off:
@@ -631,12 +721,23 @@ def apply_policy(
     differs is rewritten, with a ``reclassification`` audit row (cause
     ``policy``, the actor) and an outbox message when the effective tier changes.
     Active overrides keep their tier; their tier must exist in the new policy.
+
+    ``grandfather_until_us``: current members keep at least their tier until
+    then (a floor per member above the default tier, ``grandfather``); the
+    choice and ``note`` are stored with the version, and every member the floor
+    keeps above the new rules gets a ``grandfathering`` audit row (cause
+    ``policy``, the actor, a note saying until when and what the new rules give).
     """
     _require_text(actor=actor)
     if dry_run:
-        return run_in_transaction(
-            engine, lambda uow: _policy_plan(uow.repo, policy, now_us).result(), read_only=True
-        )
+
+        def preview(uow: UnitOfWork) -> PolicyApplyResult:
+            plan = _policy_plan(uow.repo, policy, now_us, grandfather_until_us)
+            result = plan.result()
+            result.preview = plan.preview(sample)
+            return result
+
+        return run_in_transaction(engine, preview, read_only=True)
 
     def work(uow: UnitOfWork) -> PolicyApplyResult:
         repo = uow.repo
@@ -644,12 +745,15 @@ def apply_policy(
         _check_clock(repo, old, now_us)
         due = repo.due_customers(now_us, limit=2**62)
         _reevaluate(repo, old, due, now_us)
-        plan = _policy_plan(repo, policy, now_us)
+        plan = _policy_plan(repo, policy, now_us, grandfather_until_us, old.version + 1)
         new = repo.add_policy_version(policy, actor, now_us, source_text)
+        grandfather.record_choice(repo, new.version, grandfather_until_us, note)
+        grandfather.add_floors(repo, plan.new_floors, actor, note)
         changed = plan.changed_rows()
         repo.save_state_rows(changed)
-        transitions = plan.transitions(actor)
-        repo.add_audit(transitions, new.version, now_us)
+        transitions = plan.transitions(actor, note)
+        held = grandfather.held_transitions(plan.merged, plan.new_floors, policy, actor, note)
+        repo.add_audit([*transitions, *held], new.version, now_us)
         messages = [
             _outbox_row(n, new.version, now_us, 0, f"policy-{new.version}")
             for n in plan.notices(transitions)
@@ -658,6 +762,7 @@ def apply_policy(
         result = plan.result()
         result.version, result.dry_run, result.states_written = new.version, False, len(changed)
         result.transitions = transitions
+        result.preview = plan.preview(sample)
         return result
 
     return run_in_transaction(engine, work, exclusive=True)
@@ -679,6 +784,36 @@ class _PolicyPlan:
     policy: Policy
     now_us: int
     merged: pd.DataFrame  # current state columns suffixed _old, proposed ones unsuffixed
+    new_floors: list[Floor] = field(default_factory=list)
+    floors: dict[str, Floor] = field(default_factory=dict)  # in force at now_us
+    grandfather_until_us: int | None = None
+
+    def preview(self, sample: int = 20) -> PolicyPreview:
+        """Who moves under the new policy alone, with revenue; the grandfathering counts."""
+        old = self.merged["tier_old"].fillna(NO_TIER)
+        seen = (old != NO_TIER) | self.merged["tier"].notna()
+        plain = self.merged["plain_tier"].fillna(NO_TIER)
+        matrix = pd.crosstab(old[seen].rename("old tier"), plain[seen].rename("new tier"))
+        movers = grandfather.movers_frame(self.merged, self.policy, self.floors)
+        members = self.merged["tier_old"].notna()
+        revenue = self.merged.loc[members, "qualifying_us_old"].fillna(0).astype("int64").sum()
+        revenue += self.merged.loc[members, "pending_us_old"].fillna(0).astype("int64").sum()
+        by_direction = movers.groupby("direction")["revenue_us"].sum()
+        held = grandfather.held_transitions(self.merged, self.new_floors, self.policy, "", None)
+        return PolicyPreview(
+            matrix=matrix,
+            matrix_now=self.result().matrix,
+            customers=int(seen.sum()),
+            movers=movers,
+            sample=movers.head(sample),
+            revenue_us=int(revenue),
+            movers_revenue_us=int(movers["revenue_us"].sum()),
+            upgrade_revenue_us=int(by_direction.get("upgrade", 0)),
+            downgrade_revenue_us=int(by_direction.get("downgrade", 0)),
+            grandfather_until_us=self.grandfather_until_us,
+            grandfathered=len(self.new_floors),
+            held=len(held),
+        )
 
     def result(self) -> PolicyApplyResult:
         old = self.merged["tier_old"].fillna(NO_TIER)
@@ -702,12 +837,14 @@ class _PolicyPlan:
         changed = self.merged.loc[differs, list(STATE_FIELDS)]
         return _nulls_as_none(changed).to_dict("records")
 
-    def transitions(self, actor: str) -> list[Transition]:
+    def transitions(self, actor: str, note: str | None = None) -> list[Transition]:
         old = self.merged["tier_old"].fillna(NO_TIER)
         new = self.merged["tier"].fillna(NO_TIER)
         moved = self.merged[old != new]
         return [
-            Transition(c, self.now_us, _none(o), _none(n), "reclassification", "policy", actor)
+            Transition(
+                c, self.now_us, _none(o), _none(n), "reclassification", "policy", actor, note
+            )
             for c, o, n in zip(moved["customer_id"], moved["tier_old"], moved["tier"], strict=True)
         ]
 
@@ -758,7 +895,16 @@ def state_records(frame: pd.DataFrame) -> list[TierState]:
     return states
 
 
-def _policy_plan(repo: Repository, policy: Policy, now_us: int) -> _PolicyPlan:
+def _policy_plan(
+    repo: Repository,
+    policy: Policy,
+    now_us: int,
+    grandfather_until_us: int | None = None,
+    version: int | None = None,
+) -> _PolicyPlan:
+    """Every customer's state under ``policy`` at ``now_us`` beside the current one: the batch
+    path's rules states, then floors in force (earlier grandfathering, and new floors when
+    ``grandfather_until_us`` is given), then active overrides on top."""
     active = _existing_policy(repo)
     _check_clock(repo, active, now_us)
     current = _current_states(repo, active, now_us)
@@ -766,9 +912,45 @@ def _policy_plan(repo: Repository, policy: Policy, now_us: int) -> _PolicyPlan:
     tiers = _classify_ledger(policy, ledger, now_us)
     proposed = _states_from_tiers(tiers, current["customer_id"], now_us)
     proposed["next_due_at_us"] = _next_due_column(proposed, ledger, policy, now_us)
-    proposed = _with_overrides(proposed, repo.all_open_overrides(), policy, now_us)
+    floors = {c: f for c, f in grandfather.all_floors(repo).items() if f.active_at(now_us)}
+    new_floors: list[Floor] = []
+    try:
+        if grandfather_until_us is not None:
+            number = version if version is not None else active.version + 1
+            new_floors = grandfather.new_floors(
+                current, policy, now_us, grandfather_until_us, number
+            )
+            floors.update((f.customer_id, f) for f in new_floors)
+        proposed = grandfather.apply_floors(proposed, floors, policy, now_us, current)
+    except grandfather.GrandfatherError as exc:
+        raise StoreError(str(exc)) from None
+    overrides = repo.all_open_overrides()
+    proposed = _with_overrides(proposed, overrides, policy, now_us)
     merged = current.merge(proposed, on="customer_id", how="outer", suffixes=("_old", ""))
-    return _PolicyPlan(policy, now_us, merged)
+    live = {c for c, o in overrides.items() if o.active_after(now_us)}
+    merged["plain_tier"] = merged["tier"].where(
+        merged["customer_id"].isin(live), merged["rules_tier"]
+    )
+    return _PolicyPlan(policy, now_us, merged, new_floors, floors, grandfather_until_us)
+
+
+def preview_policy(
+    engine: Engine,
+    policy: Policy,
+    now_us: int,
+    *,
+    grandfather_until_us: int | None = None,
+    sample: int = 20,
+) -> PolicyPreview:
+    """Who ``policy`` would move if applied at ``now_us`` (``PolicyPreview``); writes nothing.
+
+    The same plan ``apply_policy`` writes, read in a read-only transaction (the
+    API's ``POST /v1/policy?dry_run=true``)."""
+
+    def work(uow: UnitOfWork) -> PolicyPreview:
+        return _policy_plan(uow.repo, policy, now_us, grandfather_until_us).preview(sample)
+
+    return run_in_transaction(engine, work, read_only=True)
 
 
 def _classify_ledger(policy: Policy, ledger: pd.DataFrame, now_us: int) -> pd.DataFrame:
