@@ -19,7 +19,7 @@ help:
 $(INSTALLED): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev,spark]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev,spark,tune]"
 	touch $(INSTALLED)
 
 run: $(INSTALLED)

@@ -23,6 +23,10 @@ if [ -z "$PG_BIN" ]; then
 fi
 
 PORT="${TIER_ML_PG_PORT:-55432}"
+if [ -z "${TIER_ML_PG_PORT:-}" ] && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  # another run holds the default port: take a free one
+  PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+fi
 DATA="$(mktemp -d /tmp/tier-ml-pg.XXXXXX)"
 RUN_AS=()
 if [ "$(id -u)" = 0 ]; then

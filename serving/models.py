@@ -181,6 +181,8 @@ def prediction_fields(row: dict[str, Any]) -> dict[str, Any]:
         "p_upgrade": float(row["p_up"]),
         "p_downgrade": float(row["p_down"]),
         "p_same": float(row["p_same"]),
+        "p_keep_tier": 1.0 - float(row["p_down"]),
+        "p_reach_next_tier": float(row["p_up"]),
         "churn_reasons": reasons_list(row.get("churn_reasons")),
         "tier_change_reasons": reasons_list(row.get("tier_change_reasons")),
     }

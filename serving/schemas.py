@@ -249,6 +249,14 @@ class PredictionOut(BaseModel):
     p_upgrade: float
     p_downgrade: float
     p_same: float
+    p_keep_tier: float = Field(
+        description="Chance the customer is still at least in their current tier at the end of "
+        "the tier-change model's horizon (the horizon it was trained with): 1 - p_downgrade"
+    )
+    p_reach_next_tier: float = Field(
+        description="Chance the customer reaches a higher tier within the tier-change model's "
+        "horizon: p_upgrade"
+    )
     churn_reasons: list[Reason] = Field(default_factory=list)
     tier_change_reasons: list[Reason] = Field(default_factory=list)
     model_versions: dict[str, str | None]
@@ -306,6 +314,8 @@ class SegmentPage(BaseModel):
 class AtRiskOut(BaseModel):
     customer_id: str
     churn_probability: float
+    p_keep_tier: float = Field(description="1 - p_downgrade within the tier-change horizon")
+    p_reach_next_tier: float = Field(description="p_upgrade within the tier-change horizon")
     qualifying_spend: float
     spend_to_next_tier: float | None
     last_order_at: str | None

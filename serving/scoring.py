@@ -72,7 +72,7 @@ class AtRiskList:
     tier: str
     as_of_us: int
     model_versions: dict[str, str | None]
-    rows: pd.DataFrame  # tier columns + churn_probability, sorted
+    rows: pd.DataFrame  # tier columns + churn_probability, p_keep_tier, p_reach_next_tier
 
 
 class AtRiskCache:
@@ -102,9 +102,9 @@ def compute_at_risk(
     tiers, _ = segment_page(engine, tier, now_us)
     ids = tiers["customer_id"].tolist()
     scores = score(models, batch_features(engine, ids, policy, now_us), 0)
-    merged = tiers.merge(
-        scores[["customer_id", "churn_probability"]], on="customer_id", how="inner"
-    )
+    scores = scores.assign(p_keep_tier=1.0 - scores["p_down"], p_reach_next_tier=scores["p_up"])
+    columns = ["customer_id", "churn_probability", "p_keep_tier", "p_reach_next_tier"]
+    merged = tiers.merge(scores[columns], on="customer_id", how="inner")
     merged = merged.sort_values(
         ["churn_probability", "customer_id"], ascending=[False, True], kind="stable"
     )

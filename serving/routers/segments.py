@@ -40,6 +40,24 @@ Limit = Annotated[
     int | None, Query(ge=1, le=100_000, description="Rows per page (JSON default 100)")
 ]
 CSV_RESPONSE = {200: {"content": {"text/csv": {"schema": {"type": "string"}}}}}
+MinPUpgrade = Annotated[
+    float | None,
+    Query(
+        ge=0.0,
+        le=1.0,
+        description="Keep customers whose chance to reach the next tier within the "
+        "tier-change model's horizon (p_reach_next_tier) is at least this",
+    ),
+]
+MaxPKeep = Annotated[
+    float | None,
+    Query(
+        ge=0.0,
+        le=1.0,
+        description="Keep customers whose chance to keep their tier through the horizon "
+        "(p_keep_tier = 1 - p_downgrade) is at most this",
+    ),
+]
 
 
 def wants_csv(request: Request, fmt: str | None) -> bool:
@@ -81,6 +99,36 @@ def _page_size(services: Services, limit: int | None) -> int:
     return min(limit or services.settings.page_size, services.settings.max_page_size)
 
 
+def filter_chances(
+    rows: pd.DataFrame, min_p_upgrade: float | None, max_p_keep: float | None
+) -> pd.DataFrame:
+    """Rows (with ``p_reach_next_tier`` and ``p_keep_tier``) within the asked chances."""
+    keep = pd.Series(True, index=rows.index)
+    if min_p_upgrade is not None:
+        keep &= rows["p_reach_next_tier"] >= min_p_upgrade
+    if max_p_keep is not None:
+        keep &= rows["p_keep_tier"] <= max_p_keep
+    return rows[keep]
+
+
+def _scored_tier(services: Services, principal: Any, tier: str, now_us: int) -> pd.DataFrame:
+    """The tier's customers with their model chances, by customer id (predictions:read and
+    loaded models needed: filtering on a prediction reveals it)."""
+    if "predictions:read" not in principal.scopes:
+        raise Problem(
+            403,
+            "filtering on predicted chances needs the predictions:read scope",
+            field="min_p_upgrade",
+            location="query",
+        )
+    models = services.models.current
+    if not models.ready:
+        raise Problem(503, models.unavailable_reason(), headers={"Retry-After": "60"})
+    cache = services.caches["at_risk"]
+    rows = cache.get(services.engine, models, services.policy(), tier, now_us).rows
+    return rows.sort_values("customer_id", kind="stable")
+
+
 @router.get(
     "/v1/segments/gold-at-risk",
     response_model=AtRiskPage,
@@ -96,6 +144,8 @@ def get_gold_at_risk(
     min_probability: Annotated[
         float, Query(ge=0.0, le=1.0, description="Keep customers at or above")
     ] = 0.5,
+    min_p_upgrade: MinPUpgrade = None,
+    max_p_keep: MaxPKeep = None,
     limit: Limit = None,
     cursor: Annotated[
         str | None, Query(max_length=20, pattern=r"^[0-9]+$", description="From the previous page")
@@ -106,6 +156,7 @@ def get_gold_at_risk(
     cache = services.caches["at_risk"]
     at_risk = cache.get(services.engine, models, services.policy(), tier, now_us)
     rows = at_risk.rows[at_risk.rows["churn_probability"] >= min_probability]
+    rows = filter_chances(rows, min_p_upgrade, max_p_keep)
     columns = list(AtRiskOut.model_fields)
     if wants_csv(request, format):
         chosen = rows if limit is None else rows.head(limit)
@@ -128,8 +179,9 @@ def get_gold_at_risk(
 @router.get(
     "/v1/segments/{tier}",
     response_model=SegmentPage,
-    summary="Customers of a tier (by customer id), for email lists",
-    responses={**CSV_RESPONSE, **problem_responses(401, 403, 404, 422)},
+    summary="Customers of a tier (by customer id), for email lists; optionally filtered by "
+    "predicted chances (min_p_upgrade, max_p_keep)",
+    responses={**CSV_RESPONSE, **problem_responses(401, 403, 404, 422, 503)},
 )
 def get_segment(
     request: Request,
@@ -137,6 +189,8 @@ def get_segment(
     principal: TiersReader,
     services: ServicesDep,
     now_us: NowDep,
+    min_p_upgrade: MinPUpgrade = None,
+    max_p_keep: MaxPKeep = None,
     limit: Limit = None,
     cursor: Annotated[
         str | None, Query(max_length=256, description="The next_cursor of the previous page")
@@ -144,6 +198,18 @@ def get_segment(
     format: Format = None,
 ) -> Any:
     name = resolve_tier(services, tier)
+    if min_p_upgrade is not None or max_p_keep is not None:
+        return _filtered_segment(
+            request,
+            services,
+            principal,
+            name,
+            now_us,
+            (min_p_upgrade, max_p_keep),
+            limit,
+            cursor,
+            format,
+        )
     if wants_csv(request, format):
         frame, _ = segment_page(services.engine, name, now_us, after=cursor, limit=limit)
         return csv_response(frame, f"{name.lower()}.csv")
@@ -156,6 +222,35 @@ def get_segment(
         as_of=iso_instant(now_us),
         items=[TierRowOut(**r) for r in _records(frame)],
         next_cursor=str(frame["customer_id"].iloc[-1]) if more else None,
+    )
+
+
+def _filtered_segment(
+    request: Request,
+    services: Services,
+    principal: Any,
+    name: str,
+    now_us: int,
+    chances: tuple[float | None, float | None],
+    limit: int | None,
+    cursor: str | None,
+    format: str | None,
+) -> Any:
+    """A tier's customers within the asked chances, by customer id (same pages as unfiltered)."""
+    rows = filter_chances(_scored_tier(services, principal, name, now_us), *chances)
+    columns = list(TierRowOut.model_fields)
+    if cursor is not None:
+        rows = rows[rows["customer_id"] > cursor]
+    if wants_csv(request, format):
+        chosen = rows if limit is None else rows.head(limit)
+        return csv_response(chosen[columns], f"{name.lower()}.csv")
+    size = _page_size(services, limit)
+    page = rows.head(size)
+    return SegmentPage(
+        tier=name,
+        as_of=iso_instant(now_us),
+        items=[TierRowOut(**r) for r in _records(page[columns])],
+        next_cursor=str(page["customer_id"].iloc[-1]) if len(rows) > size else None,
     )
 
 

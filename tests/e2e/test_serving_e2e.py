@@ -355,3 +355,67 @@ def test_tier_ml_serve_runs_uvicorn(tmp_path: Path, serving_prepared) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_predictions_carry_the_chance_to_keep_or_reach_a_tier(client: httpx.Client, store) -> None:
+    tiers = tiers_now(store)
+    for customer_id in tiers[tiers["tier"] == "Gold"].index[:3].tolist():
+        body = client.get(f"/v1/customers/{customer_id}/predictions").json()
+        assert body["p_keep_tier"] == pytest.approx(1 - body["p_downgrade"])
+        assert body["p_reach_next_tier"] == pytest.approx(body["p_upgrade"])
+
+
+def test_gold_at_risk_filters_on_predicted_chances(client: httpx.Client) -> None:
+    def rows(params: dict) -> list[dict]:
+        download = client.get("/v1/segments/gold-at-risk", params=params | {"format": "csv"})
+        return list(csv.DictReader(io.StringIO(download.text)))
+
+    items = [
+        {
+            **r,
+            "p_reach_next_tier": float(r["p_reach_next_tier"]),
+            "p_keep_tier": float(r["p_keep_tier"]),
+        }
+        for r in rows({"min_probability": 0})
+    ]
+    assert items
+    cut = sorted(i["p_reach_next_tier"] for i in items)[len(items) // 2]
+    keep_cut = sorted(i["p_keep_tier"] for i in items)[len(items) // 2]
+    params = {"min_probability": 0, "min_p_upgrade": cut, "max_p_keep": keep_cut}
+    expected = [
+        i["customer_id"]
+        for i in items
+        if i["p_reach_next_tier"] >= cut and i["p_keep_tier"] <= keep_cut
+    ]
+    assert [r["customer_id"] for r in rows(params)] == expected
+    page = client.get("/v1/segments/gold-at-risk", params=params | {"limit": 5}).json()
+    assert page["total"] == len(expected) < len(items)
+    assert [i["customer_id"] for i in page["items"]] == expected[:5]
+
+
+def test_tier_segment_filters_on_predicted_chances(client: httpx.Client, store) -> None:
+    tiers = tiers_now(store)
+    silver = sorted(tiers[tiers["tier"] == "Silver"].index)
+    scored = client.post("/v1/predictions", json={"customer_ids": silver, "top_reasons": 0}).json()
+    chance = {p["customer_id"]: p["p_reach_next_tier"] for p in scored["predictions"]}
+    cut = sorted(chance.values())[len(chance) * 3 // 4]
+    expected = sorted(c for c, p in chance.items() if p >= cut)
+    assert 0 < len(expected) < len(silver)
+    got, cursor = [], None
+    while True:
+        params = {"min_p_upgrade": cut, "limit": 7} | ({"cursor": cursor} if cursor else {})
+        page = client.get("/v1/segments/silver", params=params).json()
+        assert all(i["tier"] == "Silver" for i in page["items"])
+        got.extend(i["customer_id"] for i in page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert got == expected
+    download = client.get("/v1/segments/silver", params={"min_p_upgrade": cut, "format": "csv"})
+    assert pd.read_csv(io.StringIO(download.text))["customer_id"].astype(str).tolist() == expected
+    bad = client.get("/v1/segments/silver", params={"min_p_upgrade": 2})
+    assert bad.status_code == 422
+    tiers_only = support.headers(support.KEYS["tiers:read"])
+    refused = client.get("/v1/segments/silver", params={"max_p_keep": 0.5}, headers=tiers_only)
+    assert refused.status_code == 403
+    assert client.get("/v1/segments/silver", headers=tiers_only).status_code == 200

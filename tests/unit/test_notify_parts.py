@@ -131,6 +131,8 @@ def context(kind: str) -> dict:
         "perks": {"discount_rate": 0.05, "free_shipping": True},
         "bonus_points": 250,
         "spend_needed": 0.0,
+        "next_tier": "VIP",
+        "orders_needed": 0,
         "currency": "EUR",
         "grace_ends_at": "2025-07-30T00:00:00Z",
         "offer": {"code": None, "description": "Free gift wrap"},

@@ -109,9 +109,12 @@ def worker_tick(engine: Engine, now_us: int, config: ChannelsConfig, senders: li
     from tier_ml.notify.service import dispatch_due
 
     queued, delivered = dispatch_due(engine, config, now_us, senders=senders)
-    if not queued.queued and not delivered.attempts:
+    if not queued.queued and not queued.approaching_upgrade and not delivered.attempts:
         return ""
-    return f"{queued.queued:,} downgrade warnings queued; {delivered.summary()}"
+    return (
+        f"{queued.queued:,} downgrade warnings, {len(queued.approaching_upgrade):,} "
+        f"approaching-upgrade milestones queued; {delivered.summary()}"
+    )
 
 
 def worker_notifier(channels: Path | None) -> tuple[ChannelsConfig, list[Any]] | None:
@@ -185,7 +188,11 @@ def dispatch(
             )
     console = _console()
     if warnings:
-        console.print(f"queued {queued.queued:,} downgrade warnings", highlight=False)
+        console.print(
+            f"queued {queued.queued:,} downgrade warnings, "
+            f"{len(queued.approaching_upgrade):,} approaching-upgrade milestones",
+            highlight=False,
+        )
     console.print(f"{result.summary()} in {time.perf_counter() - started:.1f}s", highlight=False)
     for message_id, error in result.errors[:5]:
         console.print(f"  #{message_id}: {error}", highlight=False, soft_wrap=True)

@@ -335,9 +335,13 @@ def tune(
     Each trial trains on the training cutoffs and is judged on the calibration cutoffs
     (validation stays untouched); the best settings are printed as `tier-ml train` options.
     """
+    import importlib.util
+
     from training.tune import tune_churn
 
     cli = _cli()
+    if importlib.util.find_spec("optuna") is None:
+        raise cli.fail('tuning needs Optuna: pip install "tier-ml[tune]"')
     rules = cli.load_policy_or_exit(policy)
     instant = _as_of(as_of)
     with cli.console.status("tuning ...") as status:

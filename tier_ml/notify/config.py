@@ -24,6 +24,8 @@ EVENT_KINDS = (
     "tier_downgraded",
     "downgrade_warning",
     "retention_offer",
+    "approaching_upgrade",
+    "will_downgrade",
 )
 #: Message kinds about the models (``tier-ml monitor``): webhooks take them when asked to.
 MODEL_EVENT_KINDS = ("drift_detected",)
@@ -149,6 +151,39 @@ class DowngradeWarningSettings(_Model):
     days_before: float = Field(default=14.0, ge=0)
 
 
+class ApproachingUpgradeSettings(_Model):
+    """Tell a customer they are close to the next tier, at most once per ``cooldown_days``.
+
+    Close means the spend still missing is at most ``within`` times the next
+    threshold (a share, e.g. 0.1) or at most ``within_amount`` (base currency);
+    with both, either suffices. ``include_pending``: count orders still in the buffer.
+    """
+
+    within: float | None = Field(default=0.1, ge=0, le=1)
+    within_amount: float | None = Field(default=None, ge=0)
+    include_pending: bool = True
+    cooldown_days: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _has_distance(self) -> ApproachingUpgradeSettings:
+        if self.within is None and self.within_amount is None:
+            raise ValueError("approaching_upgrade needs within (share) or within_amount")
+        return self
+
+
+class WillDowngradeSettings(_Model):
+    """``will_downgrade``: the downgrade-warning rule under its milestone name."""
+
+    days_before: float = Field(default=14.0, gt=0)
+
+
+class MilestoneSettings(_Model):
+    """Milestone events; a section left out is off."""
+
+    approaching_upgrade: ApproachingUpgradeSettings | None = None
+    will_downgrade: WillDowngradeSettings | None = None
+
+
 class Offer(_Model):
     """What a retention offer gives; shown in the email and sent in the webhook body."""
 
@@ -179,6 +214,7 @@ class ChannelsConfig(_Model):
     email: EmailChannel | None = None
     loyalty: LoyaltySync | None = None
     downgrade_warning: DowngradeWarningSettings = Field(default_factory=DowngradeWarningSettings)
+    milestones: MilestoneSettings = Field(default_factory=MilestoneSettings)
     campaigns: dict[str, CampaignSettings] = Field(
         default_factory=lambda: {"gold_retention": CampaignSettings()}
     )
@@ -190,6 +226,13 @@ class ChannelsConfig(_Model):
         if duplicates:
             raise ValueError(f"channel names must be unique, repeated: {duplicates}")
         return self
+
+    def warning_rule(self) -> tuple[str, float]:
+        """The grace-end warning's kind and lead time: ``milestones.will_downgrade`` when set,
+        else ``downgrade_warning`` (one rule, so a customer never gets both)."""
+        if self.milestones.will_downgrade is not None:
+            return "will_downgrade", self.milestones.will_downgrade.days_before
+        return "downgrade_warning", self.downgrade_warning.days_before
 
     def channel_names(self) -> list[str]:
         names = [w.name for w in self.webhooks]

@@ -12,6 +12,10 @@ What the message says: ``spend_needed`` is what is missing (qualifying plus
 pending spend against the tier's threshold for the customer's region) to be
 eligible for the tier again, ``orders_needed`` likewise for ``min_orders``;
 any order placed before ``grace_ends_at`` also restarts the grace period.
+
+The same rule is the ``will_downgrade`` milestone: ``kind`` names the message
+(``ChannelsConfig.warning_rule`` picks it), the payload and the once-per-grace-
+period bookkeeping are shared, so a customer is never told twice.
 """
 
 from __future__ import annotations
@@ -35,21 +39,30 @@ WARNINGS: Table = DowngradeWarningRow.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
 OVERRIDES: Table = OverrideRow.__table__  # type: ignore[assignment]
 KIND = "downgrade_warning"
+KINDS = (KIND, "will_downgrade")
 
 
 @dataclass
 class WarningsResult:
+    """Grace-end warnings queued by a due check (and, from ``dispatch_due``, the customers
+    told they are approaching an upgrade)."""
+
     queued: int = 0
     customers: list[str] = field(default_factory=list)
+    approaching_upgrade: list[str] = field(default_factory=list)
 
 
-def warning_key(customer_id: str, grace_ends_at_us: int) -> str:
+def warning_key(customer_id: str, grace_ends_at_us: int, kind: str = KIND) -> str:
     """One key per customer and grace period: a re-run can never queue a second warning."""
-    return hashlib.sha256(f"{KIND}|{customer_id}|{grace_ends_at_us}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{kind}|{customer_id}|{grace_ends_at_us}".encode()).hexdigest()[:32]
 
 
 def warning_payload(
-    policy: Policy, state: Mapping[str, Any], policy_version: int, now_us: int
+    policy: Policy,
+    state: Mapping[str, Any],
+    policy_version: int,
+    now_us: int,
+    kind: str = KIND,
 ) -> dict[str, Any] | None:
     """The message for one protected customer's tier-state row (None: nothing to warn about)."""
     tier, grace_ends = state["tier"], state["grace_ends_at_us"]
@@ -61,9 +74,9 @@ def warning_payload(
     threshold = policy.thresholds_us(state["region"])[index]
     missing_us = max(0, threshold - int(state["qualifying_us"]) - int(state["pending_us"]))
     orders_needed = max(0, policy.min_orders_list[index] - int(state["qualifying_orders"]))
-    key = warning_key(state["customer_id"], int(grace_ends))
+    key = warning_key(state["customer_id"], int(grace_ends), kind)
     return {
-        "kind": KIND,
+        "kind": kind,
         "customer_id": state["customer_id"],
         "tier": tier,
         "eligible_tier": state["eligible_tier"],
@@ -77,8 +90,12 @@ def warning_payload(
     }
 
 
-def queue_downgrade_warnings(engine: Engine, days_before: float, now_us: int) -> WarningsResult:
+def queue_downgrade_warnings(
+    engine: Engine, days_before: float, now_us: int, kind: str = KIND
+) -> WarningsResult:
     """Queue a warning for every customer whose grace period ends within ``days_before``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {list(KINDS)}, not {kind!r}")
     if days_before <= 0:
         return WarningsResult()
     horizon_us = now_us + days_to_micros(days_before)
@@ -119,7 +136,7 @@ def queue_downgrade_warnings(engine: Engine, days_before: float, now_us: int) ->
         )
         result = WarningsResult()
         for row in connection.execute(query).mappings().all():
-            payload = warning_payload(active.policy, row, active.version, now_us)
+            payload = warning_payload(active.policy, row, active.version, now_us, kind)
             if payload is None:
                 continue
             key = payload["idempotency_key"]
@@ -127,7 +144,7 @@ def queue_downgrade_warnings(engine: Engine, days_before: float, now_us: int) ->
                 insert(OUTBOX)
                 .values(
                     idempotency_key=key,
-                    kind=KIND,
+                    kind=kind,
                     customer_id=row["customer_id"],
                     payload=json.dumps(payload, sort_keys=True),
                     created_at_us=now_us,

@@ -1,7 +1,8 @@
 """Use cases of notifications, for the CLI and the API: one function, one transaction (or a loop
 of them for delivery), time passed in.
 
-- :func:`dispatch_due`: queue due downgrade warnings, then deliver everything due;
+- :func:`dispatch_due`: queue due downgrade warnings (or ``will_downgrade``) and
+  ``approaching_upgrade`` milestones, then deliver everything due;
 - :func:`outbox_list` / :func:`outbox_counts` / :func:`outbox_retry`: the outbox and its
   dead letters (JSON-ready dicts, so an API handler returns them as they are);
 - :func:`run_campaign`: select and record a retention-campaign run from a scores frame;
@@ -18,6 +19,7 @@ import pandas as pd
 from sqlalchemy import Engine, text
 
 from tier_ml.notify import campaigns, outbox
+from tier_ml.notify.approaching_upgrade import queue_approaching_upgrades
 from tier_ml.notify.config import CampaignSettings, ChannelsConfig
 from tier_ml.notify.dispatcher import DispatchResult, dispatch
 from tier_ml.notify.downgrade_warnings import WarningsResult, queue_downgrade_warnings
@@ -44,12 +46,16 @@ def dispatch_due(
     max_messages: int | None = None,
     on_message: Callable[[OutboxMessage, str], None] | None = None,
 ) -> tuple[WarningsResult, DispatchResult]:
-    """Queue the downgrade warnings due at ``now_us`` (unless ``warnings`` is off), then deliver."""
-    queued = (
-        queue_downgrade_warnings(engine, config.downgrade_warning.days_before, now_us)
-        if warnings
-        else WarningsResult()
-    )
+    """Queue the warnings and milestones due at ``now_us`` (unless ``warnings`` is off), then
+    deliver."""
+    queued = WarningsResult()
+    if warnings:
+        kind, days_before = config.warning_rule()
+        queued = queue_downgrade_warnings(engine, days_before, now_us, kind)
+        approaching = config.milestones.approaching_upgrade
+        if approaching is not None:
+            upgrades = queue_approaching_upgrades(engine, approaching, now_us)
+            queued.approaching_upgrade = upgrades.customers
     chosen = list(senders) if senders is not None else build_senders(config)
     delivered = dispatch(
         engine, config, chosen, now_us, max_messages=max_messages, on_message=on_message
