@@ -19,18 +19,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Table, func, insert, or_, select
+from sqlalchemy import Engine, Table, func, insert, select
 
 from tier_ml.money import days_to_micros, micros_to_money, to_micros
 from tier_ml.notify.config import ApproachingUpgradeSettings
+from tier_ml.notify.downgrade_warnings import under_open_override
 from tier_ml.policy import Policy
-from tier_ml.store.models import OutboxRow, OverrideRow, TierStateRow
+from tier_ml.store.models import OutboxRow, TierStateRow
 from tier_ml.store.service import iso_instant
 from tier_ml.store.unit_of_work import UnitOfWork, run_in_transaction
 
 STATES: Table = TierStateRow.__table__  # type: ignore[assignment]
 OUTBOX: Table = OutboxRow.__table__  # type: ignore[assignment]
-OVERRIDES: Table = OverrideRow.__table__  # type: ignore[assignment]
 KIND = "approaching_upgrade"
 
 
@@ -110,15 +110,7 @@ def queue_approaching_upgrades(
             )
             .exists()
         )
-        overridden = (
-            select(OVERRIDES.c.id)
-            .where(
-                OVERRIDES.c.customer_id == STATES.c.customer_id,
-                OVERRIDES.c.cleared_at_us.is_(None),
-                or_(OVERRIDES.c.until_us.is_(None), OVERRIDES.c.until_us > now_us),
-            )
-            .exists()
-        )
+        overridden = under_open_override(now_us)
         query = (
             select(STATES)
             .where(

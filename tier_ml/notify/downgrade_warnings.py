@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Table, insert, or_, select
+from sqlalchemy import Engine, Exists, Table, insert, or_, select
 
 from tier_ml.money import days_to_micros, micros_to_money
 from tier_ml.policy import Policy
@@ -51,6 +51,20 @@ class WarningsResult:
     customers: list[str] = field(default_factory=list)
     approaching_upgrade: list[str] = field(default_factory=list)
 
+
+
+def under_open_override(now_us: int) -> Exists:
+    """EXISTS for a tier-state row: its customer has an override in force at ``now_us``
+    (the rules tier does not apply to them, so rules-based messages skip them)."""
+    return (
+        select(OVERRIDES.c.id)
+        .where(
+            OVERRIDES.c.customer_id == STATES.c.customer_id,
+            OVERRIDES.c.cleared_at_us.is_(None),
+            or_(OVERRIDES.c.until_us.is_(None), OVERRIDES.c.until_us > now_us),
+        )
+        .exists()
+    )
 
 def warning_key(customer_id: str, grace_ends_at_us: int, kind: str = KIND) -> str:
     """One key per customer and grace period: a re-run can never queue a second warning."""
@@ -114,15 +128,7 @@ def queue_downgrade_warnings(
             )
             .exists()
         )
-        overridden = (
-            select(OVERRIDES.c.id)
-            .where(
-                OVERRIDES.c.customer_id == STATES.c.customer_id,
-                OVERRIDES.c.cleared_at_us.is_(None),
-                or_(OVERRIDES.c.until_us.is_(None), OVERRIDES.c.until_us > now_us),
-            )
-            .exists()
-        )
+        overridden = under_open_override(now_us)
         query = (
             select(STATES)
             .where(
