@@ -15,10 +15,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tier_ml.money import days_to_micros, to_micros
+from tier_ml.yaml_files import read_yaml
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "data" / "default_policy.yaml"
 
@@ -217,15 +217,7 @@ def parse_policy(data: Any, source: str = "policy") -> Policy:
 def load_policy(path: str | Path | None = None) -> Policy:
     """Read and validate a policy YAML file (the packaged default when ``path`` is None)."""
     path = Path(path) if path is not None else DEFAULT_POLICY_PATH
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from None
-    return parse_policy(data, source=str(path))
+    return parse_policy(read_yaml(path, "policy file", PolicyError), source=str(path))
 
 
 def _describe(exc: ValidationError) -> str:

@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tier_ml.yaml_files import read_yaml
 
 #: The message kinds about one customer (every channel takes them by default).
 EVENT_KINDS = (
@@ -286,14 +287,7 @@ def parse_channels(
 def load_channels(path: str | Path) -> ChannelsConfig:
     """Read and validate a channels YAML file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ChannelsError(f"cannot read channels file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ChannelsError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, "channels file", ChannelsError)
     return parse_channels(data, source=str(path), base_dir=path.parent)
 
 
