@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from serving.deps import AuditReader, ServicesDep
 from serving.errors import Problem, problem_responses
 from tier_ml.events import parse_instant
+from tier_ml.spreadsheet import spreadsheet_safe
 from tier_ml.store.service import export_audit
 
 router = APIRouter(tags=["audit"])
@@ -58,7 +59,7 @@ def get_audit(
             headers={"Content-Disposition": 'attachment; filename="audit.jsonl"'},
         )
     buffer = io.StringIO()
-    frame.to_csv(buffer, index=False)
+    spreadsheet_safe(frame).to_csv(buffer, index=False)
     return Response(
         buffer.getvalue(),
         media_type="text/csv; charset=utf-8",

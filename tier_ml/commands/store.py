@@ -613,6 +613,7 @@ def audit_export(
 ) -> None:
     """Export the audit log (every tier change: customer, old -> new tier, reason, cause, policy
     version, actor, when it took effect and when it was recorded) for compliance review."""
+    from tier_ml.spreadsheet import spreadsheet_safe
     from tier_ml.store.service import export_audit
 
     if fmt not in {"csv", "jsonl"}:
@@ -621,6 +622,8 @@ def audit_export(
     engine = _open(db)
     with _store_errors():
         frame = export_audit(engine, since_us)
+    if fmt == "csv":
+        frame = spreadsheet_safe(frame)
     _write_frame(frame, out, fmt)
     if out is not None:
         _console().print(f"wrote {len(frame):,} audit rows to {out}", highlight=False)

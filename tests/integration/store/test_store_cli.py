@@ -111,7 +111,7 @@ def test_sweep_policy_audit_and_overrides(store_url: str, events_file, tmp_path:
         "clear",
         customer,
         "--reason",
-        "done",
+        "=HYPERLINK(\"http://x\")",
         "--actor",
         "alice",
         "--now",
@@ -120,6 +120,12 @@ def test_sweep_policy_audit_and_overrides(store_url: str, events_file, tmp_path:
         store_url,
     )
     assert cleared.exit_code == 0, cleared.output
+    # A reason that a spreadsheet would run as a formula is shown as text in the CSV only.
+    assert run("audit", "export", "--out", str(csv_out), "--db", store_url).exit_code == 0
+    csv_notes = pd.read_csv(csv_out)["note"].dropna().tolist()
+    assert csv_notes[-1] == "'=HYPERLINK(\"http://x\")"
+    raw = run("audit", "export", "--format", "jsonl", "--db", store_url).stdout.splitlines()
+    assert json.loads(raw[-1])["note"] == "=HYPERLINK(\"http://x\")"
 
 
 def test_ingest_channel_payloads(store_url: str) -> None:
