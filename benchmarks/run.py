@@ -39,6 +39,7 @@ AREAS: dict[str, list[str]] = {
     "store": ["--write"],
     "features": ["--write", str(SECTIONS / "features.md")],
     "training": ["--write", "--million"],
+    "oracle": ["--write"],
     "serving": ["--out", str(SECTIONS / "serving.md")],
     "notify": [],
     "spark": ["--write", str(SECTIONS / "spark.md")],
