@@ -40,6 +40,7 @@ AREAS: dict[str, list[str]] = {
     "features": ["--write", str(SECTIONS / "features.md")],
     "training": ["--write", "--million"],
     "oracle": ["--write"],
+    "small_shop": ["--write"],
     "serving": ["--out", str(SECTIONS / "serving.md")],
     "notify": [],
     "spark": ["--write", str(SECTIONS / "spark.md")],

@@ -11,7 +11,18 @@ keep serving.
 Models follow the contract of the training room: input a DataFrame of
 ``features.FEATURE_COLUMNS``; output ``churn_probability`` (churn model) or
 ``p_down, p_same, p_up`` (tier-change model), plus ``reasons`` (JSON) when
-asked for ``top_reasons`` > 0.
+asked for ``top_reasons`` > 0, plus whatever other columns a model version adds
+(they are passed through, never filtered).
+
+Fast path: ``PyFuncModel.predict`` re-checks the input against the logged
+signature on every call (15-40 % of a one-row prediction). The service's feature
+frames come from the feature builders, which validate them already, so
+:class:`DirectCall` calls the python model behind the pyfunc directly when the
+frame has exactly the dtypes the signature's enforcement would pass unchanged
+(float64 for ``double``, int64 for ``long``, text for ``string``), with the
+signature's parameter defaults filled in as MLflow does. Any other frame takes
+the full ``PyFuncModel.predict`` path, so answers (and errors) stay the same;
+tests check both paths give identical frames.
 """
 
 from __future__ import annotations
@@ -31,6 +42,84 @@ log = logging.getLogger("serving.models")
 CHURN, TIER_CHANGE = "churn", "tier_change"
 
 
+#: MLflow signature types whose enforcement passes a column of this numpy dtype unchanged.
+_UNCHANGED_DTYPES = {"double": "float64", "long": "int64", "string": "object", "boolean": "bool"}
+_PARAM_TYPES: dict[str, type] = {"long": int, "integer": int, "double": float, "float": float,
+                                 "string": str, "boolean": bool}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DirectCall:
+    """The python model inside a pyfunc, called without MLflow's per-call schema enforcement.
+
+    Only used for frames that enforcement would pass through untouched (see
+    :meth:`accepts`); the model's own ``predict`` then sees exactly what
+    ``PyFuncModel.predict`` would have given it.
+    """
+
+    python_model: Any  # mlflow.pyfunc.PythonModel
+    context: Any  # mlflow.pyfunc.PythonModelContext
+    dtypes: dict[str, str]  # column -> the numpy dtype enforcement leaves unchanged
+    text_columns: tuple[str, ...]
+    param_types: dict[str, type]
+    param_defaults: dict[str, Any]
+
+    def accepts(self, frame: pd.DataFrame) -> bool:
+        if list(frame.columns) != list(self.dtypes):
+            return False
+        for name, dtype in zip(frame.columns, frame.dtypes, strict=True):
+            if dtype.name != self.dtypes[name]:
+                return False
+        return all(
+            pd.api.types.infer_dtype(frame[name], skipna=True) in ("string", "empty")
+            for name in self.text_columns
+        )
+
+    def __call__(self, frame: pd.DataFrame, params: dict[str, Any]) -> Any:
+        given = {name: self.param_types[name](value) for name, value in params.items()}
+        return self.python_model.predict(
+            self.context, frame, params={**self.param_defaults, **given}
+        )
+
+
+def direct_call(model: Any) -> DirectCall | None:
+    """The fast path of a loaded pyfunc, or None when it must go through ``PyFuncModel.predict``
+    (no column signature, type-hint signatures, unusual column or parameter types...)."""
+    try:
+        python_model = model.unwrap_python_model()
+        context = model._model_impl.context
+        metadata = model.metadata
+        if metadata._is_signature_from_type_hint() or metadata._is_type_hint_from_example():
+            return None
+        hints = getattr(python_model, "predict_type_hints", None)
+        if getattr(hints, "input", None) not in (None, pd.DataFrame):
+            return None
+        schema = metadata.get_input_schema()
+        if schema is None or not schema.has_input_names() or schema.is_tensor_spec():
+            return None
+        dtypes: dict[str, str] = {}
+        for spec in schema.inputs:
+            kind = getattr(spec.type, "name", None)
+            if kind not in _UNCHANGED_DTYPES:
+                return None
+            dtypes[spec.name] = _UNCHANGED_DTYPES[kind]
+        param_types: dict[str, type] = {}
+        defaults: dict[str, Any] = {}
+        params_schema = metadata.get_params_schema()
+        for param in params_schema.params if params_schema is not None else []:
+            kind = getattr(param.dtype, "name", None)
+            if kind not in _PARAM_TYPES or param.shape is not None:
+                return None
+            param_types[param.name] = _PARAM_TYPES[kind]
+            defaults[param.name] = param.default
+        if "top_reasons" not in param_types:
+            return None
+    except Exception:  # not a python-model pyfunc, or MLflow internals changed: the slow path
+        return None
+    text = tuple(name for name, dtype in dtypes.items() if dtype == "object")
+    return DirectCall(python_model, context, dtypes, text, param_types, defaults)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """One model version, loaded."""
@@ -41,12 +130,16 @@ class LoadedModel:
     run_id: str | None
     model: Any  # mlflow.pyfunc.PyFuncModel
     input_columns: tuple[str, ...] | None
+    direct: DirectCall | None = None
 
     def predict(self, features: pd.DataFrame, top_reasons: int) -> pd.DataFrame:
+        """Every output column of the model, one row per feature row (index reset)."""
         frame = features if self.input_columns is None else features[list(self.input_columns)]
-        frame = _naive_utc(frame)
         params = {"top_reasons": int(top_reasons)}
-        output = self.model.predict(frame, params=params)
+        if self.direct is not None and self.direct.accepts(frame):
+            output = self.direct(frame, params)
+        else:
+            output = self.model.predict(_naive_utc(frame), params=params)
         output = output if isinstance(output, pd.DataFrame) else pd.DataFrame(output)
         return output.reset_index(drop=True)
 
@@ -120,6 +213,7 @@ def load_model(settings: ServingSettings, name: str) -> LoadedModel:
         version.run_id,
         model,
         _input_columns(model),
+        direct_call(model),
     )
 
 
@@ -189,17 +283,32 @@ def prediction_fields(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def predict_frame(models: ModelSet, features: pd.DataFrame, top_reasons: int) -> pd.DataFrame:
-    """Both models on a feature frame: one row per input row with ``customer_id``,
-    ``churn_probability``, ``p_down``, ``p_same``, ``p_up`` and, when asked, the reasons."""
+    """Both models on a feature frame: one row per input row with ``customer_id``, then every
+    column the churn model returns (``churn_probability``, ...) and every column the
+    tier-change model returns (``p_down``, ``p_same``, ``p_up``, ...). Each model's
+    ``reasons`` become ``churn_reasons`` / ``tier_change_reasons`` (present when asked
+    for); a tier-change column whose name the churn model already uses is prefixed
+    ``tier_change_``."""
     churn = models.models[CHURN].predict(features, top_reasons)
     change = models.models[TIER_CHANGE].predict(features, top_reasons)
-    out = pd.DataFrame({"customer_id": features["customer_id"].astype(str).to_numpy()})
-    out["churn_probability"] = churn["churn_probability"].astype(float).to_numpy()
-    for name in ("p_down", "p_same", "p_up"):
-        out[name] = change[name].astype(float).to_numpy()
+    columns: dict[str, Any] = {"customer_id": features["customer_id"].astype(str).to_numpy()}
+    for prefix, output in (("churn", churn), ("tier_change", change)):
+        for name in output.columns:
+            key = f"{prefix}_reasons" if name == "reasons" else str(name)
+            if key in columns:
+                key = f"{prefix}_{key}"
+            values = output[name]
+            columns[key] = values.to_numpy() if name == "reasons" else _plain(values)
+    out = pd.DataFrame(columns, copy=False)
     if top_reasons > 0:
-        out["churn_reasons"] = list(churn["reasons"]) if "reasons" in churn else [None] * len(out)
-        out["tier_change_reasons"] = (
-            list(change["reasons"]) if "reasons" in change else [None] * len(out)
-        )
+        for name in ("churn_reasons", "tier_change_reasons"):
+            if name not in out:
+                out[name] = [None] * len(out)
     return out
+
+
+def _plain(values: pd.Series) -> Any:
+    """Numeric outputs as float arrays (as the API reports them); others as they are."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype(float).to_numpy()
+    return values.to_numpy()

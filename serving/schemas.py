@@ -124,6 +124,40 @@ class HistoryOut(BaseModel):
     policy_version: int
 
 
+class CustomerPredictionsOut(BaseModel):
+    """The chances shown with a customer (``GET /v1/customers/{id}?include=predictions``)."""
+
+    churn_probability: float = Field(description="Chance of no order within the churn horizon")
+    churn_probability_low: float | None = Field(
+        default=None, description="Lower end of the churn probability's interval, when given"
+    )
+    churn_probability_high: float | None = Field(
+        default=None, description="Upper end of the churn probability's interval, when given"
+    )
+    p_keep_tier: float = Field(
+        description="Chance of still being at least in the current (rules) tier at the end of "
+        "the tier-change model's horizon: 1 - p_downgrade"
+    )
+    p_reach_next_tier: float = Field(
+        description="Chance of reaching a higher tier within the horizon: p_upgrade"
+    )
+    p_upgrade: float
+    p_downgrade: float
+    p_same: float
+    model_versions: dict[str, str | None]
+
+
+CUSTOMER_PREDICTIONS_EXAMPLE = {
+    "churn_probability": 0.31,
+    "p_keep_tier": 0.78,
+    "p_reach_next_tier": 0.08,
+    "p_upgrade": 0.08,
+    "p_downgrade": 0.22,
+    "p_same": 0.70,
+    "model_versions": {"churn": "3", "tier_change": "2"},
+}
+
+
 class CustomerOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -191,6 +225,26 @@ class CustomerOut(BaseModel):
     override: OverrideOut | None
     policy_version: int
     history: list[HistoryOut]
+    predictions: CustomerPredictionsOut | None = Field(
+        default=None,
+        description="Only with `?include=predictions`: the customer's chances as of now "
+        "(null when no model is loaded; see predictions_unavailable)",
+    )
+    predictions_unavailable: str | None = Field(
+        default=None,
+        description="Only with `?include=predictions` when it could not be answered: why",
+    )
+
+
+_CUSTOMER_EXAMPLE: dict[str, Any] = CustomerOut.model_config["json_schema_extra"]["examples"][0]  # type: ignore[index]
+#: OpenAPI examples of the lookup's 200 response, without and with ``?include=predictions``.
+CUSTOMER_EXAMPLES = {
+    "lookup": {"summary": "GET /v1/customers/C00042", "value": _CUSTOMER_EXAMPLE},
+    "with_predictions": {
+        "summary": "GET /v1/customers/C00042?include=predictions",
+        "value": {**_CUSTOMER_EXAMPLE, "predictions": CUSTOMER_PREDICTIONS_EXAMPLE},
+    },
+}
 
 
 class OverrideIn(BaseModel):
@@ -229,6 +283,8 @@ class PredictionOut(BaseModel):
                     "as_of": "2025-12-31T00:00:00Z",
                     "tier": "Gold",
                     "churn_probability": 0.31,
+                    "churn_probability_low": 0.24,
+                    "churn_probability_high": 0.39,
                     "p_upgrade": 0.08,
                     "p_downgrade": 0.22,
                     "p_same": 0.70,
@@ -237,6 +293,7 @@ class PredictionOut(BaseModel):
                     ],
                     "tier_change_reasons": [],
                     "model_versions": {"churn": "3", "tier_change": "2"},
+                    "model_kinds": {"churn": "lightgbm", "tier_change": "lightgbm"},
                 }
             ]
         }
@@ -246,6 +303,15 @@ class PredictionOut(BaseModel):
     as_of: str
     tier: str | None
     churn_probability: float
+    churn_probability_low: float | None = Field(
+        default=None,
+        description="Lower end of the churn probability's 90 % interval (LightGBM: bootstrap of "
+        "the calibration; small-shop BTYD model: posterior of its parameters); null when the "
+        "model gives none",
+    )
+    churn_probability_high: float | None = Field(
+        default=None, description="Upper end of the churn probability's 90 % interval"
+    )
     p_upgrade: float
     p_downgrade: float
     p_same: float
@@ -257,9 +323,22 @@ class PredictionOut(BaseModel):
         description="Chance the customer reaches a higher tier within the tier-change model's "
         "horizon: p_upgrade"
     )
+    p_keep_tier_low: float | None = Field(
+        default=None, description="90 % interval of p_keep_tier, when the model gives one"
+    )
+    p_keep_tier_high: float | None = None
+    p_reach_next_tier_low: float | None = Field(
+        default=None, description="90 % interval of p_reach_next_tier, when the model gives one"
+    )
+    p_reach_next_tier_high: float | None = None
     churn_reasons: list[Reason] = Field(default_factory=list)
     tier_change_reasons: list[Reason] = Field(default_factory=list)
     model_versions: dict[str, str | None]
+    model_kinds: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="Per model: lightgbm, or btyd_fallback when the shop was too small for "
+        "LightGBM (small-shop mode: BG/NBD, see docs/training.md)",
+    )
 
 
 class PredictionsIn(BaseModel):
@@ -279,6 +358,7 @@ class PredictionsIn(BaseModel):
 class PredictionsOut(BaseModel):
     as_of: str
     model_versions: dict[str, str | None]
+    model_kinds: dict[str, str | None] = Field(default_factory=dict)
     predictions: list[PredictionOut]
     missing: list[str] = Field(description="Ids without any order in the store")
 
@@ -314,6 +394,12 @@ class SegmentPage(BaseModel):
 class AtRiskOut(BaseModel):
     customer_id: str
     churn_probability: float
+    churn_probability_low: float | None = Field(
+        default=None, description="Lower end of the churn probability's 90 % interval"
+    )
+    churn_probability_high: float | None = Field(
+        default=None, description="Upper end of the churn probability's 90 % interval"
+    )
     p_keep_tier: float = Field(description="1 - p_downgrade within the tier-change horizon")
     p_reach_next_tier: float = Field(description="p_upgrade within the tier-change horizon")
     qualifying_spend: float
@@ -329,6 +415,9 @@ class AtRiskPage(BaseModel):
     min_probability: float
     total: int = Field(description="Customers at or above min_probability")
     model_versions: dict[str, str | None]
+    model_kinds: dict[str, str | None] = Field(
+        default_factory=dict, description="Per model: lightgbm or btyd_fallback (small shop)"
+    )
     items: list[AtRiskOut]
     next_cursor: str | None
 

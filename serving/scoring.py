@@ -10,12 +10,16 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
 from serving.errors import Problem
@@ -49,12 +53,34 @@ def customer_features(
 def batch_features(
     engine: Engine, customer_ids: list[str], policy: Policy, now_us: int
 ) -> pd.DataFrame:
-    """Feature rows of many customers as of now, from their ledger rows (batch path)."""
+    """Feature rows of many customers as of now, from their ledger rows (batch path).
+
+    The rows go to ``features.build_features`` as a Parquet file of text columns in a
+    temporary folder: from a DataFrame the batch engine first turns every cell into a
+    string in Python (about half the time for 10,000 customers), from Parquet DuckDB
+    reads the columns directly. Same rows, same features (tests compare both).
+    """
     features = _features_module()
     events = ledger_rows(engine, customer_ids)
     if events.empty:
         return pd.DataFrame(columns=["customer_id"])
-    return features.build_features(events, policy, micros_to_instant(now_us))
+    as_of = micros_to_instant(now_us)
+    table = _text_table(events)
+    if table is None:
+        return features.build_features(events, policy, as_of)
+    with tempfile.TemporaryDirectory(prefix="tier-ml-serving-") as folder:
+        path = Path(folder) / "ledger.parquet"
+        pq.write_table(table, path, compression="none")
+        return features.build_features(path, policy, as_of)
+
+
+def _text_table(events: pd.DataFrame) -> pa.Table | None:
+    """The ledger rows as an Arrow table of text columns (None when a value is not text)."""
+    schema = pa.schema([(str(name), pa.string()) for name in events.columns])
+    try:
+        return pa.Table.from_pandas(events, schema=schema, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
 
 
 def score(models: ModelSet, frame: pd.DataFrame, top_reasons: int) -> pd.DataFrame:
@@ -103,7 +129,7 @@ def compute_at_risk(
     ids = tiers["customer_id"].tolist()
     scores = score(models, batch_features(engine, ids, policy, now_us), 0)
     scores = scores.assign(p_keep_tier=1.0 - scores["p_down"], p_reach_next_tier=scores["p_up"])
-    columns = ["customer_id", "churn_probability", "p_keep_tier", "p_reach_next_tier"]
+    columns = ["customer_id", "churn_probability", "p_keep_tier", "p_reach_next_tier", *(c for c in ("churn_probability_low", "churn_probability_high") if c in scores)]
     merged = tiers.merge(scores[columns], on="customer_id", how="inner")
     merged = merged.sort_values(
         ["churn_probability", "customer_id"], ascending=[False, True], kind="stable"

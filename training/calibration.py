@@ -7,6 +7,10 @@ campaign can budget with. Platt scaling (a logistic on the raw log-odds) keeps
 the ranking, so AUC is unchanged; isotonic is available for large data sets.
 For the multiclass model, the same idea: a multinomial logistic on the raw
 log-probabilities ("vector scaling").
+
+:class:`CalibrationBands` gives every calibrated churn probability an interval: the
+calibrator refitted on bootstrap resamples of the held-out (raw score, label) pairs,
+frozen as lookup tables so serving pays a few vectorised interpolations.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from sklearn.linear_model import LogisticRegression
 
 METHODS = ("platt", "isotonic")
 _CLIP = 1e-6
+#: Nominal coverage of every churn interval (both model kinds).
+INTERVAL_LEVEL = 0.90
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -99,3 +105,70 @@ class MulticlassCalibrator:
         missing = np.setdiff1d(np.arange(self.n_classes), self.classes_)
         out[:, missing] = raw[:, missing]
         return out / out.sum(axis=1, keepdims=True)
+
+
+class CalibrationBands:
+    """The central ``level`` range of the calibration map over bootstrap refits.
+
+    Why: the booster's ranking is fixed at serving time, but the map from its raw score
+    to a probability is estimated from the held-out cutoffs, and with few churners at a
+    score the estimate is uncertain; the base rate also moves from month to month (the
+    season), and a prediction is for a month the calibration never saw. Resampling the
+    cutoffs, then the (raw, label) pairs within them, and refitting the same calibrator
+    measures both. Each refit is frozen as a monotone table (isotonic:
+    its thresholds; Platt: the map sampled on a grid of raw scores), so a prediction
+    costs ``n_draws`` interpolations of a short table. This is calibration uncertainty
+    only; the booster itself is taken as given (docs/training.md).
+    """
+
+    def __init__(self, method: str = "isotonic", n_draws: int = 100,
+                 level: float = INTERVAL_LEVEL, seed: int = 0) -> None:  # fmt: skip
+        self.method = method
+        self.n_draws = n_draws
+        self.level = level
+        self.seed = seed
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "tables_")
+
+    def fit(
+        self, raw: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None
+    ) -> CalibrationBands:
+        """``groups`` (e.g. the cutoff of each row): resample whole groups first, then rows
+        within them, so month-to-month shifts of the base rate count as uncertainty."""
+        raw, y = np.asarray(raw, dtype=float), np.asarray(y, dtype=int)
+        rng = np.random.default_rng(self.seed)
+        grid = np.unique(np.quantile(raw, np.linspace(0.0, 1.0, 101)))
+        members = None
+        if groups is not None:
+            _, codes = np.unique(np.asarray(groups), return_inverse=True)
+            members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
+        tables = []
+        while len(tables) < self.n_draws:
+            if members is not None and len(members) > 1:
+                chosen = rng.integers(0, len(members), len(members))
+                rows = np.concatenate([members[g] for g in chosen])
+                pick = rows[rng.integers(0, len(rows), len(rows))]
+            else:
+                pick = rng.integers(0, len(raw), len(raw))
+            if len(np.unique(y[pick])) < 2:
+                continue
+            calibrator = BinaryCalibrator(self.method).fit(raw[pick], y[pick])
+            if self.method == "isotonic":
+                xs, ys = calibrator.mapper_.X_thresholds_, calibrator.mapper_.y_thresholds_
+            else:
+                xs, ys = grid, calibrator.transform(grid)
+            tables.append((np.asarray(xs, dtype=float), np.clip(np.asarray(ys, float), 0.0, 1.0)))
+        self.tables_ = tables
+        return self
+
+    def draws(self, raw: np.ndarray) -> np.ndarray:
+        """Calibrated probability of every row under every refit: (n_draws, rows)."""
+        raw = np.asarray(raw, dtype=float)
+        return np.vstack([np.interp(raw, xs, ys) for xs, ys in self.tables_])
+
+    def transform(self, raw: np.ndarray, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds per row, widened to contain ``point``."""
+        tail = (1.0 - self.level) / 2.0
+        low, high = np.quantile(self.draws(raw), [tail, 1.0 - tail], axis=0)
+        return np.minimum(low, point), np.maximum(high, point)

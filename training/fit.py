@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from training.bgnbd import BGNBD
-from training.calibration import BinaryCalibrator, MulticlassCalibrator
+from training.calibration import BinaryCalibrator, CalibrationBands, MulticlassCalibrator
 from training.data import class_weights
 from training.model import ChurnModel, InputEncoder, TierChangeModel
 from training.rfm import rfm_inputs
@@ -44,6 +44,8 @@ class BoosterConfig:
     out_of_fold_calibration: bool = True
     calibration_folds: int = 3
     use_bgnbd_features: bool = True
+    #: Bootstrap refits of the churn calibration behind churn_probability_low/high (0: none).
+    interval_draws: int = 100
 
     def lightgbm_params(self, seed: int) -> dict[str, Any]:
         return {
@@ -152,10 +154,15 @@ def fit_churn(
     )
     model = ChurnModel(encoder, booster, BinaryCalibrator(config.calibration))
     raw, labels = model.raw(encoder.transform(calibration)), y_cal
+    cutoffs = calibration["cutoff"].to_numpy()
     if config.out_of_fold_calibration:
         oof = _out_of_fold(encoder, train, y_train, weights, params, booster.best_iteration, config)
         raw, labels = np.concatenate([oof, raw]), np.concatenate([y_train, y_cal])
+        cutoffs = np.concatenate([train["cutoff"].to_numpy(), cutoffs])
     model.calibrator.fit(raw, labels)
+    if config.interval_draws > 0:
+        bands = CalibrationBands(config.calibration, config.interval_draws, seed=seed)
+        model.bands = bands.fit(raw, labels, groups=cutoffs)
     return model
 
 

@@ -11,6 +11,10 @@ Output contract (docs/training.md, helpers' contracts):
 
 - churn: ``churn_probability`` (calibrated); tier change: ``p_down, p_same, p_up``
   (calibrated, rows sum to 1);
+- churn also ``churn_probability_low`` / ``churn_probability_high``: the central 90 %
+  range of the calibrated probability over bootstrap refits of the calibration map
+  (training.calibration.CalibrationBands); models trained before the bands existed
+  lack the two columns;
 - with ``top_reasons = k > 0`` also ``reasons``: a JSON list of
   ``{"feature", "value", "contribution"}`` (TreeSHAP log-odds contributions of
   the booster, largest |contribution| first). For tier change the reasons
@@ -30,11 +34,12 @@ import numpy as np
 import pandas as pd
 
 from training.bgnbd import BGNBDParams, p_alive, p_no_purchase
-from training.calibration import BinaryCalibrator, MulticlassCalibrator
+from training.calibration import BinaryCalibrator, CalibrationBands, MulticlassCalibrator
 from training.rfm import rfm_inputs
 
 BGNBD_COLUMNS = ("bgnbd_p_alive", "bgnbd_p_no_purchase")
 CHURN_OUTPUT = ("churn_probability",)
+CHURN_INTERVAL = ("churn_probability_low", "churn_probability_high")
 TIER_CHANGE_OUTPUT = ("p_down", "p_same", "p_up")
 
 
@@ -68,22 +73,33 @@ class InputEncoder:
     def categorical_indices(self) -> list[int]:
         return [self.feature_columns.index(name) for name in self.categorical_columns]
 
+    def _category_index(self, name: str) -> pd.Index:
+        """The training categories of ``name`` as an index (built once, then reused)."""
+        cache = self.__dict__.setdefault("_indexes", {})
+        if name not in cache:
+            cache[name] = pd.Index(self.categories[name], dtype=object)
+        return cache[name]
+
     def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         missing = [name for name in self.feature_columns if name not in frame.columns]
         if missing:
             raise ValueError(f"model input lacks feature columns {missing}")
         names = self.model_columns
-        # One float block filled column by column: no per-column frames to consolidate.
+        # One float block: the numeric columns in one conversion when their dtypes allow
+        # it (the serving path scores one row at a time, so per-column work dominates).
         matrix = np.empty((len(frame), len(names)))
-        for j, name in enumerate(self.feature_columns):
-            values = frame[name]
-            if name in self.categorical_columns:
-                known = pd.Categorical(values.astype(object), categories=self.categories[name])
-                codes = known.codes.astype(float)
-                codes[codes < 0] = np.nan  # unknown or missing
-                matrix[:, j] = codes
-            else:
-                matrix[:, j] = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+        numeric = [j for j, name in enumerate(self.feature_columns) if name not in self.categorical_columns]
+        numeric_names = [self.feature_columns[j] for j in numeric]
+        block = frame[numeric_names]
+        if all(pd.api.types.is_numeric_dtype(dtype) for dtype in block.dtypes):
+            matrix[:, numeric] = block.to_numpy(dtype=float, na_value=np.nan)
+        else:
+            for j, name in zip(numeric, numeric_names, strict=True):
+                matrix[:, j] = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+        for name in self.categorical_columns:
+            codes = self._category_index(name).get_indexer(frame[name].astype(object)).astype(float)
+            codes[codes < 0] = np.nan  # unknown or missing
+            matrix[:, self.feature_columns.index(name)] = codes
         if self.bgnbd is not None:
             rfm = rfm_inputs(frame)
             args = (rfm["frequency"], rfm["recency"], rfm["age"])
@@ -145,8 +161,10 @@ class _BoostedModel(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         k = _top_k(params)
         inputs = self.encoder.transform(model_input)
-        proba = self.calibrator.transform(self.raw(inputs))
+        raw = self.raw(inputs)
+        proba = self.calibrator.transform(raw)
         out = self._output(proba, model_input.index)
+        self._extend(out, raw, proba)
         if k > 0:
             out["reasons"] = _top_reasons(self._explained(inputs, proba), inputs, self.encoder, k)
         return out
@@ -158,6 +176,9 @@ class _BoostedModel(mlflow.pyfunc.PythonModel):
     def _explained(self, inputs: pd.DataFrame, proba: np.ndarray) -> np.ndarray:
         """Per row, the contributions (rows, inputs) that the reasons report."""
         raise NotImplementedError
+
+    def _extend(self, out: pd.DataFrame, raw: np.ndarray, proba: np.ndarray) -> None:
+        """Extra output columns (the churn interval); none by default."""
 
     def _raw_contributions(self, inputs: pd.DataFrame) -> np.ndarray:
         """TreeSHAP contributions as the booster gives them (bias column(s) included)."""
@@ -172,11 +193,24 @@ class ChurnModel(_BoostedModel):
     """P(no placed order in the horizon), calibrated."""
 
     kind = "churn"
+    model_kind = "lightgbm"
 
     def __init__(
-        self, encoder: InputEncoder, booster: lgb.Booster, calibrator: BinaryCalibrator
+        self,
+        encoder: InputEncoder,
+        booster: lgb.Booster,
+        calibrator: BinaryCalibrator,
+        bands: CalibrationBands | None = None,
     ) -> None:
         super().__init__(encoder, booster, calibrator)
+        self.bands = bands
+
+    def _extend(self, out: pd.DataFrame, raw: np.ndarray, proba: np.ndarray) -> None:
+        bands = getattr(self, "bands", None)  # None in models pickled before the bands
+        if bands is not None:
+            out["churn_probability_low"], out["churn_probability_high"] = bands.transform(
+                raw, proba
+            )
 
     def _output(self, proba: np.ndarray, index: pd.Index) -> pd.DataFrame:
         return pd.DataFrame({"churn_probability": proba}, index=index)
@@ -193,6 +227,7 @@ class TierChangeModel(_BoostedModel):
     """P(down), P(same), P(up) of the tier at the horizon, calibrated."""
 
     kind = "tier_change"
+    model_kind = "lightgbm"
 
     def __init__(
         self, encoder: InputEncoder, booster: lgb.Booster, calibrator: MulticlassCalibrator

@@ -6,6 +6,11 @@ macro one-vs-rest AUC) is higher *and* its expected calibration error is not
 worse (within ``ece_tolerance``). ``force`` promotes regardless. Every decision
 is recorded as an MLflow run with both models' metrics side by side, so a
 reviewer can see why a version was or was not promoted.
+
+Model kinds (``lightgbm`` or the small-shop ``btyd_fallback``) are compared by the
+same rule on the same rows: both take the same features and return the same
+columns. A shop that outgrew small-shop mode moves to LightGBM only when LightGBM
+is better on its latest holdout; the kinds are logged and named in the reason.
 """
 
 from __future__ import annotations
@@ -49,14 +54,26 @@ class Promotion:
     challenger_metrics: dict[str, float] = field(default_factory=dict)
     champion_metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    challenger_kind: str | None = None
+    champion_kind: str | None = None
 
 
 def holdout(
     events: EventsSource, policy: Policy, as_of: datetime, horizon_days: float
 ) -> pd.DataFrame:
     """The latest labelled cutoff (``as_of - horizon``): features and labels, nothing after as_of."""
+    from training.data import first_event_time
+
     cutoff = (pd.Timestamp(as_of) - pd.Timedelta(days=horizon_days)).to_pydatetime()
-    data = build_dataset(events_source(events), policy, [cutoff], horizon_days, as_of)
+    source = events_source(events)
+    first = first_event_time(source)
+    if first is None or first > pd.Timestamp(cutoff):
+        raise TrainingDataError(
+            f"no labelled holdout yet: the holdout cutoff {cutoff:%Y-%m-%d} (as_of minus the "
+            f"horizon) is before the first event ({'none' if first is None else f'{first:%Y-%m-%d}'}); "
+            "wait for more history, or promote a small-shop model with --force"
+        )
+    data = build_dataset(source, policy, [cutoff], horizon_days, as_of)
     if data["churned"].nunique() < 2:
         raise TrainingDataError(
             f"the holdout at {cutoff:%Y-%m-%d} needs customers who churned and who did not"
@@ -75,6 +92,15 @@ def evaluate_version(kind: str, version: str, data: pd.DataFrame) -> dict[str, f
         return churn_model_metrics(churn_probability(model, data), y, tiers, "val_")
     labels = data["tier_change_index"].to_numpy(dtype=int)
     return tier_change_model_metrics(tier_change_probability(model, data), labels, tiers, "val_")
+
+
+def version_kind(client, name: str, version: str | None) -> str | None:
+    """The version's ``tier_ml.model_kind`` tag (versions from before the tag: lightgbm)."""
+    from training.small_shop import LIGHTGBM, MODEL_KIND_TAG
+
+    if version is None:
+        return None
+    return client.get_model_version(name, version).tags.get(MODEL_KIND_TAG, LIGHTGBM)
 
 
 def decide(
@@ -141,10 +167,16 @@ def promote(
     for kind, challenger, champion in pending:
         new = evaluate_version(kind, challenger, data)
         old = evaluate_version(kind, champion, data) if champion is not None else {}
+        kinds_of = (
+            version_kind(client, MODEL_NAMES[kind], challenger),
+            version_kind(client, MODEL_NAMES[kind], champion),
+        )
         if champion is None:
             promoted, reason = True, "no champion yet"
         else:
             promoted, reason = decide(kind, new, old, force, ece_tolerance)
+            if kinds_of[0] != kinds_of[1]:
+                reason = f"{kinds_of[0]} challenger vs {kinds_of[1]} champion: {reason}"
         with mlflow.start_run(
             experiment_id=experiment_id, run_name=f"promote {kind} v{challenger}"
         ) as run:
@@ -160,6 +192,8 @@ def promote(
                     "force": force,
                     "ece_tolerance": ece_tolerance,
                     "primary_metric": PRIMARY_METRIC[kind],
+                    "challenger_model_kind": kinds_of[0],
+                    "champion_model_kind": kinds_of[1] or "",
                 }
             )
             mlflow.log_metrics({f"challenger_{k}": v for k, v in new.items()})
@@ -173,5 +207,6 @@ def promote(
             )
         if promoted:
             set_champion(client, MODEL_NAMES[kind], challenger)
-        results.append(Promotion(kind, challenger, champion, promoted, reason, new, old, run.info.run_id))
+        results.append(Promotion(kind, challenger, champion, promoted, reason, new, old,
+                                 run.info.run_id, *kinds_of))  # fmt: skip
     return results

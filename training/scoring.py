@@ -32,6 +32,8 @@ SCORE_COLUMNS = [
     "churn_model_version",
     "tier_change_model_version",
 ]
+#: Appended after SCORE_COLUMNS: the churn probability's 90 % interval and the model kind.
+INTERVAL_COLUMNS = ["churn_probability_low", "churn_probability_high", "churn_model_kind"]
 
 
 class ModelNotFoundError(LookupError):
@@ -79,13 +81,22 @@ def load_models(alias: str = "champion", tracking_uri: str | None = None) -> Loa
     )
 
 
+def model_kind(model: object) -> str:
+    """``lightgbm`` or ``btyd_fallback`` from the pyfunc's metadata (older models: lightgbm)."""
+    from training.small_shop import LIGHTGBM, MODEL_KIND_TAG
+
+    meta = getattr(getattr(model, "metadata", None), "metadata", None) or {}
+    return str(meta.get(MODEL_KIND_TAG, LIGHTGBM))
+
+
 def score_features(features: pd.DataFrame, models: LoadedModels) -> pd.DataFrame:
-    """Scores for a feature frame (``customer_id``, ``cutoff``, FEATURE_COLUMNS)."""
+    """Scores for a feature frame (``customer_id``, ``cutoff``, FEATURE_COLUMNS): the
+    SCORE_COLUMNS, then INTERVAL_COLUMNS (NaN bounds for models without intervals)."""
     if features.empty:
-        return pd.DataFrame(columns=SCORE_COLUMNS)
+        return pd.DataFrame(columns=SCORE_COLUMNS + INTERVAL_COLUMNS)
     churn = models.churn.predict(features)
     change = models.tier_change.predict(features)
-    return pd.DataFrame(
+    scores = pd.DataFrame(
         {
             "customer_id": features["customer_id"].to_numpy(),
             "tier": features["tier"].to_numpy(),
@@ -96,6 +107,10 @@ def score_features(features: pd.DataFrame, models: LoadedModels) -> pd.DataFrame
             "tier_change_model_version": models.tier_change_version,
         }
     )[SCORE_COLUMNS]
+    for bound in ("churn_probability_low", "churn_probability_high"):
+        scores[bound] = np.asarray(churn[bound], dtype=float) if bound in churn else np.nan
+    scores["churn_model_kind"] = model_kind(models.churn)
+    return scores
 
 
 def score(
@@ -145,4 +160,4 @@ def versions_text(scores: pd.DataFrame) -> str:
     )
 
 
-__all__ = ["SCORE_COLUMNS", "LoadedModels", "ModelNotFoundError", "load_models", "model_uri", "score"]
+__all__ = ["INTERVAL_COLUMNS", "SCORE_COLUMNS", "LoadedModels", "ModelNotFoundError", "load_models", "model_uri", "score"]

@@ -5,7 +5,8 @@ pyfunc models once and ships them to the executors with ``SparkContext.addFile``
 (as ``mlflow.pyfunc.spark_udf`` does), so executors never need the tracking
 server. ``mapInPandas`` then loads each model once per Python worker and runs
 ``training.scoring.score_features`` - the scoring of the single-machine path -
-on every Arrow batch of feature rows. The result has ``SCORE_COLUMNS`` and equals
+on every Arrow batch of feature rows. The result has ``SCORE_COLUMNS`` then
+``INTERVAL_COLUMNS`` (the churn probability's interval, the model kind) and equals
 ``training.scoring.score`` up to float tolerance (features are equal to float
 tolerance; the models are the same).
 """
@@ -24,6 +25,7 @@ from features.build import _as_of_us, finish_frame
 from tier_ml.engines.spark import read_source, spark_session, write_frame
 from tier_ml.policy import Policy
 from training.scoring import (
+    INTERVAL_COLUMNS,
     SCORE_COLUMNS,
     LoadedModels,
     alias_versions,
@@ -37,8 +39,11 @@ if TYPE_CHECKING:
 
 SCORES_SCHEMA = (
     "customer_id string, tier string, churn_probability double, p_upgrade double, "
-    "p_downgrade double, churn_model_version string, tier_change_model_version string"
+    "p_downgrade double, churn_model_version string, tier_change_model_version string, "
+    "churn_probability_low double, churn_probability_high double, churn_model_kind string"
 )
+#: The columns of ``training.scoring.score``, in its order.
+OUTPUT_COLUMNS = SCORE_COLUMNS + INTERVAL_COLUMNS
 
 _LOADED: dict[str, Any] = {}  # per Python worker: model folder -> loaded pyfunc model
 
@@ -94,7 +99,7 @@ def _score_batches(
         )
         for batch in batches:
             if len(batch):
-                yield score_features(finish_frame(batch, as_of_us), models)[SCORE_COLUMNS]
+                yield score_features(finish_frame(batch, as_of_us), models)[OUTPUT_COLUMNS]
 
     return run
 
@@ -107,7 +112,7 @@ def score_spark(
     tracking_uri: str | None = None,
     spark: SparkSession | None = None,
 ) -> tuple[DataFrame, Callable[[], None]]:
-    """Lazy Spark scores (``SCORE_COLUMNS``) and a function that frees the cached stage."""
+    """Lazy Spark scores (``OUTPUT_COLUMNS``) and a function that frees the cached stage."""
     from features.spark import features_at
 
     spark = spark or spark_session()
@@ -132,7 +137,7 @@ def score_spark_frame(
         frame = scores.toPandas()
     finally:
         release()
-    return frame.sort_values("customer_id").reset_index(drop=True)[SCORE_COLUMNS]
+    return frame.sort_values("customer_id").reset_index(drop=True)[OUTPUT_COLUMNS]
 
 
 def score_spark_to_file(

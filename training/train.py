@@ -6,6 +6,11 @@ metrics of the model and of every baseline on the same validation rows, the
 plots, the feature list and schema, and the pyfunc model with its signature
 and input example. Each model is registered as a new version aliased
 ``challenger`` (and ``champion`` when the registered model has none yet).
+
+Small shops (training.small_shop): below the data-size thresholds, or when the
+labelled cutoffs are too few for early stopping and calibration, the BTYD
+fallback is trained instead (training.fallback); runs and versions carry
+``tier_ml.model_kind`` (``lightgbm`` or ``btyd_fallback``) and the reason.
 """
 
 from __future__ import annotations
@@ -40,6 +45,14 @@ from training.evaluate import Evaluation, evaluate_churn, evaluate_tier_change
 from training.fit import BoosterConfig, fit_churn, fit_tier_change, make_encoder
 from training.metrics import TIER_CHANGE_CLASSES
 from training.model import ChurnModel, TierChangeModel
+from training.small_shop import (
+    LIGHTGBM,
+    MODEL_KIND_TAG,
+    SmallShopThresholds,
+    data_sizes,
+    label_reason,
+    size_reason,
+)
 from training.tracking import (
     DEFAULT_EXPERIMENT,
     MODEL_NAMES,
@@ -68,6 +81,10 @@ class TrainResult:
     #: The validation rows' keys and labels (customer_id, cutoff, tier, churned, tier_change).
     validation: pd.DataFrame | None = None
     seconds: float = 0.0
+    #: ``lightgbm`` or ``btyd_fallback`` (small-shop mode), and why the fallback was taken.
+    model_kind: str = LIGHTGBM
+    fallback_reason: str | None = None
+    data_sizes: dict[str, float] = field(default_factory=dict)
 
 
 def _as_utc(as_of: datetime) -> datetime:
@@ -91,31 +108,55 @@ def train_models(
     register: bool = True,
     plots: bool = True,
     on_progress: Progress | None = None,
+    small_shop: SmallShopThresholds | None = None,
 ) -> TrainResult:
     """Train, evaluate against the baselines, log to MLflow and register both models.
 
     Only events at or before ``as_of`` are used: cutoffs end at ``as_of - horizon``
-    and labels are computed with the data's end set to ``as_of``.
+    and labels are computed with the data's end set to ``as_of``. Small data (see
+    ``small_shop``, default :class:`SmallShopThresholds`) gets the BTYD fallback.
     """
     import mlflow
 
     started = time.perf_counter()
     config = config or BoosterConfig()
+    thresholds = small_shop or SmallShopThresholds()
     as_of = _as_utc(as_of)
     say = on_progress or (lambda _stage: None)
     source = events_source(events)
     first = first_event_time(source)
     if first is None or first > pd.Timestamp(as_of):
         raise TrainingDataError(f"no event with a readable time at or before {as_of:%Y-%m-%d}")
-    cutoffs = training_cutoffs(first, as_of, horizon_days, max_cutoffs=max_cutoffs)
-    split = purged_split(cutoffs, horizon_days, validation_cutoffs, calibration_cutoffs)
-    used = sorted({*split.train, *split.calibration, *split.validation})
-    data = build_dataset(source, policy, used, horizon_days, as_of, on_progress=say)
-    train, calibration, validation = (
-        part(data, split.train),
-        part(data, split.calibration),
-        part(data, split.validation),
-    )
+    sizes = data_sizes(source, as_of)
+    reason = size_reason(sizes, thresholds)
+    if reason is None:
+        cutoffs = training_cutoffs(first, as_of, horizon_days, max_cutoffs=max_cutoffs)
+        try:
+            split = purged_split(cutoffs, horizon_days, validation_cutoffs, calibration_cutoffs)
+        except TrainingDataError as exc:
+            if thresholds.mode == "off":
+                raise
+            reason = f"too few labelled cutoffs for LightGBM ({exc})"
+    if reason is None:
+        used = sorted({*split.train, *split.calibration, *split.validation})
+        data = build_dataset(source, policy, used, horizon_days, as_of, on_progress=say)
+        train, calibration, validation = (
+            part(data, split.train),
+            part(data, split.calibration),
+            part(data, split.validation),
+        )
+        reason = label_reason(
+            {"train": train, "calibration": calibration, "validation": validation}, thresholds
+        )
+    if reason is not None:
+        from training.fallback import train_fallback
+
+        say(f"small shop: {reason}")
+        label = str(events) if not isinstance(events, pd.DataFrame) else "<frame>"
+        return train_fallback(
+            source, label, policy, as_of, horizon_days, experiment, tracking_uri, seed,
+            register, reason, sizes, thresholds, say,
+        )  # fmt: skip
     for name, rows in (("train", train), ("calibration", calibration), ("validation", validation)):
         if rows.empty or rows["churned"].nunique() < 2:
             raise TrainingDataError(
@@ -147,8 +188,11 @@ def train_models(
         "rows_calibration": len(calibration),
         "rows_validation": len(validation),
         **split.as_params(),
+        "model_kind": LIGHTGBM,
+        **sizes.as_params(),
     }
     result = TrainResult(experiment_id=experiment_id, parent_run_id="")
+    result.data_sizes = {"customers": sizes.customers, "history_days": sizes.history_days}
     result.rows = {"train": len(train), "calibration": len(calibration), "validation": len(validation)}
     result.validation = validation[["customer_id", "cutoff", "tier", "churned", "tier_change"]].copy()
     with mlflow.start_run(
@@ -156,7 +200,8 @@ def train_models(
     ) as parent:
         result.parent_run_id = parent.info.run_id
         mlflow.log_params(shared_params)
-        mlflow.set_tags({"tier_ml.kind": "train", "tier_ml.policy_fingerprint": policy.fingerprint})
+        mlflow.set_tags({"tier_ml.kind": "train", "tier_ml.policy_fingerprint": policy.fingerprint,
+                         MODEL_KIND_TAG: LIGHTGBM})  # fmt: skip
         # the monitor's reference data (tier-ml monitor): a sample of these rows, by cutoff
         from training.reference import log_reference
 
@@ -166,6 +211,7 @@ def train_models(
         churn = fit_churn(encoder, train, calibration, config, seed)
         say("churn model fitted")
         churn_eval = evaluate_churn(churn, train, validation, horizon_days)
+        churn_eval.metrics.update(interval_coverage(churn, validation))
         logged = _log_model_run(
             "churn", churn, churn_eval, validation, shared_params, config, seed, experiment_id,
             register, plots,
@@ -187,6 +233,27 @@ def train_models(
         mlflow.set_tags({f"tier_ml.version.{k}": v for k, v in result.versions.items()})
     result.seconds = time.perf_counter() - started
     return result
+
+
+def interval_coverage(model: ChurnModel, rows: pd.DataFrame, groups: int = 10) -> dict[str, float]:
+    """How often the realised churn rate of a predicted-probability decile of the validation
+    rows lies inside the decile's mean 90 % interval, and the mean interval width.
+
+    Realised rates carry sampling noise, and the validation months may sit in another
+    season than the calibration months: a share well below 0.9 says the intervals are too
+    narrow for this shop (docs/training.md)."""
+    out = model.predict(None, rows)
+    if "churn_probability_low" not in out or len(rows) < groups:
+        return {}
+    scored = out.assign(y=rows["churned"].to_numpy())
+    rank = scored["churn_probability"].rank(method="first")
+    means = scored.assign(g=pd.qcut(rank, groups, labels=False)).groupby("g").mean()
+    inside = (means["churn_probability_low"] <= means["y"]) & (
+        means["y"] <= means["churn_probability_high"]
+    )
+    width = scored["churn_probability_high"] - scored["churn_probability_low"]
+    return {"val_interval_decile_coverage": float(inside.mean()),
+            "val_interval_mean_width": float(width.mean())}  # fmt: skip
 
 
 def _headline(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -252,18 +319,23 @@ def _log_model_run(
             "data_fingerprint": shared_params["data_fingerprint"],
             "code_version": shared_params["code_version"],
             "validation_cutoffs": shared_params["validation_cutoffs"],
+            "model_kind": LIGHTGBM,
         }
+        if kind == "churn":
+            params["interval_draws"] = config.interval_draws
         if model.encoder.bgnbd is not None:
             params |= {f"bgnbd_{k}": v for k, v in model.encoder.bgnbd.as_dict().items()}
         mlflow.log_params(params)
-        mlflow.set_tags({"tier_ml.kind": kind, "tier_ml.model_name": MODEL_NAMES[kind]})
+        mlflow.set_tags({"tier_ml.kind": kind, "tier_ml.model_name": MODEL_NAMES[kind],
+                         MODEL_KIND_TAG: LIGHTGBM})  # fmt: skip
         mlflow.log_metrics(evaluation.metrics)
         with tempfile.TemporaryDirectory() as folder:
             if plots:
                 _write_plots(kind, model, evaluation, validation, Path(folder))
             _write_schema(model, Path(folder) / "features.json")
             mlflow.log_artifacts(folder)
-        info = _log_pyfunc(model, validation, MODEL_NAMES[kind] if register else None)
+        info = _log_pyfunc(model, validation, MODEL_NAMES[kind] if register else None,
+                           {MODEL_KIND_TAG: LIGHTGBM})  # fmt: skip
         version, champion = None, False
         if register and info.registered_model_version is not None:
             from mlflow import MlflowClient
@@ -271,7 +343,9 @@ def _log_model_run(
             from training.registry import mark_new_version
 
             version = str(info.registered_model_version)
-            champion = mark_new_version(MlflowClient(), MODEL_NAMES[kind], version)
+            client = MlflowClient()
+            client.set_model_version_tag(MODEL_NAMES[kind], version, MODEL_KIND_TAG, LIGHTGBM)
+            champion = mark_new_version(client, MODEL_NAMES[kind], version)
             mlflow.set_tags({"tier_ml.registered_version": version})
         return run.info.run_id, info.model_uri, version, champion
 
@@ -294,7 +368,14 @@ def model_signature(example: pd.DataFrame, output: pd.DataFrame):
     return infer_signature(example, output, params={"top_reasons": 0})
 
 
-def _log_pyfunc(model: Any, validation: pd.DataFrame, registered_name: str | None):
+def _log_pyfunc(
+    model: Any,
+    validation: pd.DataFrame,
+    registered_name: str | None,
+    metadata: dict[str, str] | None = None,
+):
+    """Log (and register) the pyfunc; ``metadata`` lands in its MLmodel file, which serving
+    reads (e.g. ``tier_ml.model_kind``) without the registry."""
     import mlflow
 
     example = model_input_example(validation)
@@ -310,6 +391,7 @@ def _log_pyfunc(model: Any, validation: pd.DataFrame, registered_name: str | Non
             input_example=example,
             registered_model_name=registered_name,
             pip_requirements=_requirements(),
+            metadata=metadata,
         )
 
 
@@ -344,8 +426,11 @@ def _write_schema(model: ChurnModel | TierChangeModel, path: Path) -> None:
             for f in FEATURES
         ],
         "output": list(
-            ("churn_probability",) if model.kind == "churn" else ("p_down", "p_same", "p_up")
+            ("churn_probability", "churn_probability_low", "churn_probability_high")
+            if model.kind == "churn"
+            else ("p_down", "p_same", "p_up")
         ),
+        "model_kind": LIGHTGBM,
     }
     path.write_text(json.dumps(schema, indent=2))
 

@@ -6,20 +6,29 @@ the reason given.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from serving.deps import Admin, NowDep, Services, ServicesDep, TiersReader
 from serving.errors import Problem, customer_not_found, problem_responses
-from serving.schemas import CustomerOut, HistoryOut, OverrideIn, OverrideOut, PendingOrderOut
+from serving.lookup import read_customer
+from serving.models import CHURN, TIER_CHANGE, ModelSet, prediction_fields
+from serving.schemas import CUSTOMER_EXAMPLES, CustomerOut, OverrideIn
+from serving.scoring import customer_features, score
 from tier_ml.events import parse_instant
 from tier_ml.money import micros_to_money
 from tier_ml.store.explain import customer_ledger
 from tier_ml.store.service import StoreError, clear_override, iso_instant, set_override
-from tier_ml.store.views import CustomerView, customer_view
+from tier_ml.store.views import CustomerView
 
 router = APIRouter(tags=["customers"])
+T = TypeVar("T")
+PREDICTIONS_SCOPE = "predictions:read"
+INTERVAL_COLUMNS = ("churn_probability_low", "churn_probability_high")
 CustomerId = Annotated[str, Path(min_length=1, max_length=256, description="The customer's id")]
 
 
@@ -31,7 +40,18 @@ def _none(value: Any) -> Any:
     return None if value is None or value != value else value
 
 
-def customer_out(view: CustomerView, now_us: int) -> CustomerOut:
+def _money(value: Any) -> float | None:
+    value = _none(value)
+    return None if value is None else float(value)
+
+
+def customer_body(view: CustomerView, now_us: int) -> dict[str, Any]:
+    """The :class:`CustomerOut` document as plain JSON values.
+
+    The lookup answers with this dict serialised directly: building and then
+    re-validating the pydantic model cost about as much as the store read. Tests
+    check it equals ``CustomerOut.model_validate(body).model_dump(mode="json")``.
+    """
     state, policy, row = view.state, view.policy, view.tier_row
     tier = (
         policy.tiers[policy.tier_names.index(state.tier)]
@@ -40,67 +60,110 @@ def customer_out(view: CustomerView, now_us: int) -> CustomerOut:
     )
     override = view.override
     pending = sorted(view.pending_orders, key=lambda p: (p.matures_at_us, p.order_id))
-    return CustomerOut(
-        customer_id=state.customer_id,
-        as_of=iso_instant(max(now_us, state.evaluated_at_us)),
-        tier=state.tier or "",
-        tier_since=_iso(state.tier_since_us),
-        rules_tier=state.rules_tier,
-        eligible_tier=state.eligible_tier,
-        region=state.region,
-        currency=policy.base_currency,
-        qualifying_spend=micros_to_money(state.qualifying_us),
-        qualifying_orders=state.qualifying_orders,
-        pending_spend=micros_to_money(state.pending_us),
-        pending_matures_at=_iso(pending[0].matures_at_us) if pending else None,
-        pending_orders=[
-            PendingOrderOut(
-                order_id=p.order_id,
-                placed_at=iso_instant(p.placed_at_us),
-                amount=micros_to_money(p.pending_us),
-                matures_at=iso_instant(p.matures_at_us),
-            )
+    return {
+        "customer_id": state.customer_id,
+        "as_of": iso_instant(max(now_us, state.evaluated_at_us)),
+        "tier": state.tier or "",
+        "tier_since": _iso(state.tier_since_us),
+        "rules_tier": state.rules_tier,
+        "eligible_tier": state.eligible_tier,
+        "region": state.region,
+        "currency": policy.base_currency,
+        "qualifying_spend": micros_to_money(state.qualifying_us),
+        "qualifying_orders": int(state.qualifying_orders),
+        "pending_spend": micros_to_money(state.pending_us),
+        "pending_matures_at": _iso(pending[0].matures_at_us) if pending else None,
+        "pending_orders": [
+            {
+                "order_id": p.order_id,
+                "placed_at": iso_instant(p.placed_at_us),
+                "amount": micros_to_money(p.pending_us),
+                "matures_at": iso_instant(p.matures_at_us),
+            }
             for p in pending
         ],
-        next_tier=_none(row.get("next_tier")),
-        spend_to_next_tier=_none(row.get("spend_to_next_tier")),
-        perks=dict(tier.perks) if tier is not None else {},
-        last_order_at=_iso(state.last_order_at_us),
-        grace_ends_at=_iso(state.grace_ends_at_us),
-        next_change_at=_iso(state.next_change_at_us),
-        tier_changes=state.tier_changes,
-        override=None
+        "next_tier": _none(row.get("next_tier")),
+        "spend_to_next_tier": _money(row.get("spend_to_next_tier")),
+        "perks": dict(tier.perks) if tier is not None else {},
+        "last_order_at": _iso(state.last_order_at_us),
+        "grace_ends_at": _iso(state.grace_ends_at_us),
+        "next_change_at": _iso(state.next_change_at_us),
+        "tier_changes": int(state.tier_changes),
+        "override": None
         if override is None
-        else OverrideOut(
-            tier=override.tier,
-            reason=override.reason,
-            actor=override.actor,
-            set_at=iso_instant(override.set_at_us),
-            until=_iso(override.until_us),
-        ),
-        policy_version=view.policy_version,
-        history=[
-            HistoryOut(
-                at=iso_instant(h["at_us"]),
-                recorded_at=iso_instant(h["recorded_at_us"]),
-                old_tier=h["old_tier"],
-                new_tier=h["new_tier"],
-                reason=h["reason"],
-                cause=h["cause"],
-                actor=h["actor"],
-                note=h["note"],
-                policy_version=h["policy_version"],
-            )
+        else {
+            "tier": override.tier,
+            "reason": override.reason,
+            "actor": override.actor,
+            "set_at": iso_instant(override.set_at_us),
+            "until": _iso(override.until_us),
+        },
+        "policy_version": int(view.policy_version),
+        "history": [
+            {
+                "at": iso_instant(h["at_us"]),
+                "recorded_at": iso_instant(h["recorded_at_us"]),
+                "old_tier": h["old_tier"],
+                "new_tier": h["new_tier"],
+                "reason": h["reason"],
+                "cause": h["cause"],
+                "actor": h["actor"],
+                "note": h["note"],
+                "policy_version": int(h["policy_version"]),
+            }
             for h in view.history
         ],
-    )
+    }
+
+
+def customer_out(view: CustomerView, now_us: int) -> CustomerOut:
+    return CustomerOut.model_validate(customer_body(view, now_us))
 
 
 def load_customer(services: Services, customer_id: str, now_us: int) -> CustomerView:
-    view = customer_view(services.engine, customer_id, now_us)
+    view = read_customer(services.engine, customer_id, now_us)
     if view is None:
         raise customer_not_found(customer_id)
     return view
+
+
+async def _read(services: Services, work: Callable[[], T]) -> T:
+    """Run a store read: inline on SQLite when a pooled connection is free (an in-process
+    read of well under a millisecond, cheaper than the hop to the thread pool); on the
+    thread pool for a server database (a network round trip must not hold up the event
+    loop) or when every pooled connection is busy (waiting for one must not either)."""
+    engine = services.engine
+    checked_in = getattr(engine.pool, "checkedin", None)
+    if engine.dialect.name == "sqlite" and checked_in is not None and checked_in() > 0:
+        return work()
+    return await run_in_threadpool(work)
+
+
+def _predictions_block(
+    services: Services, models: ModelSet, view: CustomerView, now_us: int
+) -> dict[str, Any]:
+    """``predictions`` (or why there are none) for ``?include=predictions``."""
+    if not models.ready:
+        return {"predictions": None, "predictions_unavailable": models.unavailable_reason()}
+    customer_id = view.state.customer_id
+    features = customer_features(services.engine, customer_id, view.policy, now_us)
+    if features is None or len(features) == 0:
+        return {
+            "predictions": None,
+            "predictions_unavailable": f"customer {customer_id!r} has no placed order to score",
+        }
+    row = score(models, features, 0).iloc[0].to_dict()
+    fields = {
+        name: value
+        for name, value in prediction_fields(row).items()
+        if name not in ("churn_reasons", "tier_change_reasons")
+    }
+    for name in INTERVAL_COLUMNS:  # when the churn model gives an interval
+        if name not in fields and _none(row.get(name)) is not None:
+            fields[name] = float(row[name])
+    services.metrics.predictions.labels(CHURN).inc()
+    services.metrics.predictions.labels(TIER_CHANGE).inc()
+    return {"predictions": {**fields, "model_versions": models.versions()}}
 
 
 def _require_reason(reason: str, location: str) -> None:
@@ -114,16 +177,59 @@ def _require_reason(reason: str, location: str) -> None:
         )
 
 
+INCLUDE_DESCRIPTION = (
+    "`predictions`: also the customer's chances from the loaded models, computed as of now "
+    "(`churn_probability`, `p_keep_tier`, `p_reach_next_tier`, `p_upgrade`, `p_downgrade`, "
+    "`p_same`, model versions; reasons are at `/v1/customers/{id}/predictions`). Needs the "
+    "`predictions:read` scope too, and costs a few milliseconds; without it the lookup stays "
+    "a store read. When no model is loaded the customer is still returned, with "
+    "`predictions: null` and `predictions_unavailable` saying why."
+)
+
+
 @router.get(
     "/v1/customers/{customer_id}",
     response_model=CustomerOut,
     summary="A customer's tier, spend, pending spend and when it matures, perks and tier history",
-    responses=problem_responses(401, 403, 404, 422),
+    description=(
+        "The tier view for CRM and the customer portal. Add `?include=predictions` for the "
+        "customer's chances of keeping their tier, reaching the next one and churning."
+    ),
+    responses={
+        **problem_responses(401, 403, 404, 422),
+        200: {
+            "description": "The customer (with `?include=predictions`: and their chances)",
+            "content": {"application/json": {"examples": CUSTOMER_EXAMPLES}},
+        },
+    },
 )
-def get_customer(
-    customer_id: CustomerId, principal: TiersReader, services: ServicesDep, now_us: NowDep
-) -> CustomerOut:
-    return customer_out(load_customer(services, customer_id, now_us), now_us)
+async def get_customer(
+    customer_id: CustomerId,
+    principal: TiersReader,
+    services: ServicesDep,
+    now_us: NowDep,
+    include: Annotated[
+        Literal["predictions"] | None,
+        Query(description=INCLUDE_DESCRIPTION, examples=["predictions"]),
+    ] = None,
+) -> Response:
+    # A handler of its own rather than FastAPI's model round trip: the body is built as
+    # plain JSON values once (tests prove it matches CustomerOut) and the SQLite read
+    # runs inline, so a lookup costs the store read plus a little framework.
+    if include == "predictions" and PREDICTIONS_SCOPE not in principal.scopes:
+        raise Problem(
+            403,
+            f"include=predictions needs the scope {PREDICTIONS_SCOPE!r}; the key "
+            f"{principal.name!r} has: {', '.join(sorted(principal.scopes)) or 'none'}",
+            field="include",
+            location="query",
+        )
+    view = await _read(services, lambda: load_customer(services, customer_id, now_us))
+    body = customer_body(view, now_us)
+    if include == "predictions":
+        models = services.models.current
+        body.update(await run_in_threadpool(_predictions_block, services, models, view, now_us))
+    return JSONResponse(body)
 
 
 @router.get(

@@ -1,5 +1,7 @@
 """Predictions: churn and tier-change probabilities with their top reasons (SHAP), for one
-customer (features computed on the fly) or a batch of ids."""
+customer (features computed on the fly) or a batch of ids. Every churn probability comes
+with its 90 % interval, and every answer names the kind of model behind it (``lightgbm``
+or the small-shop ``btyd_fallback``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from serving.deps import NowDep, PredictionsReader, ReadyModelsDep, Services, ServicesDep
 from serving.errors import Problem, customer_not_found, problem_responses
+from serving.intervals import interval_fields, model_kinds
 from serving.models import CHURN, TIER_CHANGE, ModelSet, prediction_fields
 from serving.schemas import PredictionOut, PredictionsIn, PredictionsOut
 from serving.scoring import batch_features, customer_features, score
@@ -28,7 +31,9 @@ def prediction_out(
         as_of=iso_instant(now_us),
         tier=tier,
         **prediction_fields(row),
+        **interval_fields(row),
         model_versions=models.versions(),
+        model_kinds=model_kinds(models),
     )
 
 
@@ -97,6 +102,7 @@ def post_predictions(
     # Built as plain dicts (10,000 pydantic objects would cost more than the scoring);
     # the shape is PredictionsOut, which the schema tests check.
     versions = models.versions()
+    kinds = model_kinds(models)
     as_of = iso_instant(now_us)
     predictions = []
     for row in scored.to_dict("records"):
@@ -107,7 +113,9 @@ def post_predictions(
                 "as_of": as_of,
                 "tier": tier_of.get(customer_id),
                 **prediction_fields(row),
+                **interval_fields(row),
                 "model_versions": versions,
+                "model_kinds": kinds,
             }
         )
     order = {c: i for i, c in enumerate(ids)}
@@ -116,6 +124,7 @@ def post_predictions(
     body = {
         "as_of": as_of,
         "model_versions": versions,
+        "model_kinds": kinds,
         "predictions": predictions,
         "missing": [c for c in ids if c not in scored_ids],
     }

@@ -21,6 +21,7 @@ from serving.deps import (
     TiersReader,
 )
 from serving.errors import Problem, problem_responses
+from serving.intervals import model_kinds
 from serving.schemas import (
     AtRiskOut,
     AtRiskPage,
@@ -158,6 +159,7 @@ def get_gold_at_risk(
     rows = at_risk.rows[at_risk.rows["churn_probability"] >= min_probability]
     rows = filter_chances(rows, min_p_upgrade, max_p_keep)
     columns = list(AtRiskOut.model_fields)
+    rows = rows.reindex(columns=[*rows.columns, *(c for c in columns if c not in rows.columns)])
     if wants_csv(request, format):
         chosen = rows if limit is None else rows.head(limit)
         return csv_response(chosen[columns], f"{tier.lower()}-at-risk.csv")
@@ -171,6 +173,7 @@ def get_gold_at_risk(
         min_probability=min_probability,
         total=len(rows),
         model_versions=at_risk.model_versions,
+        model_kinds=model_kinds(models),
         items=[AtRiskOut(**r) for r in _records(page[columns])],
         next_cursor=None if following is None else str(following),
     )

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from serving.auth import Principal
 from serving.errors import Problem
+from serving.intervals import interval_fields, model_kinds
 from serving.models import prediction_fields, reasons_list
 from serving.routers import customers as customer_api
 from serving.routers.segments import csv_response, resolve_tier
@@ -434,6 +435,7 @@ def at_risk_page(
         else None,
         csv_query=filters.query(),
         model_versions=at_risk.model_versions,
+        model_kinds=model_kinds(services.models.current),
     )
     return _render(request, visitor, "at_risk.html", context)
 
@@ -480,7 +482,8 @@ def at_risk_csv(
         raise PageError(exc.status, "At-risk list not available", exc.detail) from None
     rows = _filtered(at_risk.rows, filters)
     name = f"{at_risk.tier.lower()}-at-risk" + (f"-{filters.region}" if filters.region else "")
-    return csv_response(rows[list(AtRiskOut.model_fields)], f"{quote(name, safe='-_')}.csv")
+    columns = list(AtRiskOut.model_fields)
+    return csv_response(rows.reindex(columns=columns), f"{quote(name, safe='-_')}.csv")
 
 
 # --- customers ---------------------------------------------------------------------------------
@@ -565,7 +568,13 @@ def _prediction(services: Any, visitor: Visitor, customer_id: str, now_us: int) 
     except Exception as exc:  # the rest of the page stands without predictions
         log.exception("prediction failed for customer %r", customer_id)
         return {"note": f"The prediction failed ({type(exc).__name__}); see the service log."}
-    return {"note": None, **prediction_fields(row), "versions": models.versions()}
+    return {
+        "note": None,
+        **prediction_fields(row),
+        **interval_fields(row),
+        "versions": models.versions(),
+        "kinds": model_kinds(models),
+    }
 
 
 def _form_failure(

@@ -105,8 +105,15 @@ def test_pyfunc_outputs_follow_the_contract(trained_models: TrainedModels) -> No
     frame = build_features(data.events, data.policy, data.as_of).head(50)
     churn = mlflow.pyfunc.load_model(f"models:/{CHURN_MODEL_NAME}@champion")
     plain = churn.predict(frame)
-    assert list(plain.columns) == ["churn_probability"]
+    assert list(plain.columns) == [
+        "churn_probability", "churn_probability_low", "churn_probability_high",
+    ]  # fmt: skip
     assert plain["churn_probability"].between(0, 1).all()
+    # the 90 % interval (bootstrap of the calibration) contains the point and is not empty
+    assert (plain["churn_probability_low"] <= plain["churn_probability"]).all()
+    assert (plain["churn_probability"] <= plain["churn_probability_high"]).all()
+    assert (plain["churn_probability_high"] - plain["churn_probability_low"]).mean() > 0
+    assert churn.metadata.metadata["tier_ml.model_kind"] == "lightgbm"
     explained = churn.predict(frame, params={"top_reasons": 3})
     np.testing.assert_allclose(explained["churn_probability"], plain["churn_probability"])
     for text in explained["reasons"]:
@@ -140,7 +147,11 @@ def test_score_writes_one_row_per_customer_with_versions(
     assert list(scores.columns) == [
         "customer_id", "tier", "churn_probability", "p_upgrade", "p_downgrade",
         "churn_model_version", "tier_change_model_version",
+        "churn_probability_low", "churn_probability_high", "churn_model_kind",
     ]  # fmt: skip
+    assert (scores["churn_model_kind"] == "lightgbm").all()
+    assert (scores["churn_probability_low"] <= scores["churn_probability"]).all()
+    assert (scores["churn_probability"] <= scores["churn_probability_high"]).all()
     expected = build_features(data.events, data.policy, data.as_of)
     assert sorted(scores["customer_id"]) == sorted(expected["customer_id"])
     assert scores["customer_id"].is_unique
@@ -232,7 +243,9 @@ def test_user_errors_are_one_line_with_exit_2(
     cases = [
         ["train", "--events", str(tmp_path / "missing.parquet"), "--as-of", AS_OF_TEXT,
          "--tracking-uri", empty_store],
-        ["train", "--events", events, "--as-of", "2024-05-01", "--tracking-uri", empty_store],
+        ["train", "--events", events, "--as-of", "2024-05-01", "--tracking-uri", empty_store,
+         "--small-shop", "off"],
+        ["train", "--events", events, "--as-of", AS_OF_TEXT, "--small-shop", "sometimes"],
         ["train", "--events", events, "--as-of", "yesterday"],
         ["score", "--events", events, "--as-of", AS_OF_TEXT, "--tracking-uri", empty_store,
          "--out", str(tmp_path / "s.csv")],

@@ -101,6 +101,28 @@ def train(
     no_register: Annotated[
         bool, typer.Option("--no-register", help="Log the runs but register no model version.")
     ] = False,
+    small_shop: Annotated[
+        str,
+        typer.Option(
+            "--small-shop",
+            help="auto: below the thresholds below (or with too few labelled churners) train "
+            "the BTYD fallback (BG/NBD) instead of LightGBM; off: never (too little data is an "
+            "error); force: always the fallback.",
+        ),
+    ] = "auto",
+    min_customers: Annotated[
+        int, typer.Option("--min-customers", min=0, help="Small shop below this many customers with an order.")
+    ] = 500,
+    min_history_days: Annotated[
+        float, typer.Option("--min-history-days", min=0, help="Small shop below this much history.")
+    ] = 180.0,
+    min_labels: Annotated[
+        int,
+        typer.Option(
+            "--min-labels", min=1,
+            help="Small shop when a part of the temporal split has fewer churned (or retained) rows.",
+        ),
+    ] = 30,
 ) -> None:
     """Train the churn and tier-change models, compare them with the baselines, register them.
 
@@ -110,14 +132,23 @@ def train(
     the recency, RFM-logistic and BG/NBD baselines (overall and per tier, e.g.
     val_roc_auc_gold), plots, the feature schema and the model. New versions get alias
     'challenger'; the first version of a model also becomes 'champion'.
+
+    Small shops (fewer than --min-customers customers with an order, less than
+    --min-history-days of history, or too few labelled churners) get the BTYD fallback:
+    BG/NBD with a weak prior, churn intervals from its posterior; the run, the registered
+    versions and the API say model_kind btyd_fallback.
     """
     from training.calibration import METHODS
     from training.fit import BoosterConfig
+    from training.small_shop import SMALL_SHOP_MODES, SmallShopThresholds
     from training.train import train_models
 
     cli = _cli()
     if calibration not in METHODS:
         raise cli.fail(f"--calibration {calibration!r}: use one of {', '.join(METHODS)}")
+    if small_shop not in SMALL_SHOP_MODES:
+        raise cli.fail(f"--small-shop {small_shop!r}: use one of {', '.join(SMALL_SHOP_MODES)}")
+    thresholds = SmallShopThresholds(min_customers, min_history_days, min_labels, small_shop)
     rules = cli.load_policy_or_exit(policy)
     instant = _as_of(as_of)
     config = BoosterConfig(
@@ -133,6 +164,7 @@ def train(
                 events, rules, instant, horizon_days, experiment, tracking_uri, seed,
                 config=config, max_cutoffs=max_cutoffs, register=not no_register,
                 on_progress=lambda stage: status.update(f"training: {stage}"),
+                small_shop=thresholds,
             )  # fmt: skip
         except _user_errors() as exc:
             raise cli.fail(str(exc)) from None
@@ -143,6 +175,9 @@ def _print_training(result: TrainResult) -> None:
     from rich.table import Table
 
     cli = _cli()
+    if result.model_kind != "lightgbm":
+        _print_fallback(result)
+        return
     table = Table(title="validation (latest cutoffs)")
     table.add_column("model / baseline")
     for name in ("roc_auc", "roc_auc_gold", "pr_auc", "ece", "brier", "top_decile_lift"):
@@ -186,6 +221,38 @@ def _print_training(result: TrainResult) -> None:
     )
 
 
+def _print_fallback(result: TrainResult) -> None:
+    """The small-shop run: why, the data sizes, the BG/NBD summary and the versions."""
+    cli = _cli()
+    sizes = result.data_sizes
+    cli.console.print(
+        f"small-shop mode: trained the BTYD fallback (BG/NBD) instead of LightGBM because "
+        f"{result.fallback_reason} ({sizes.get('customers', 0):,.0f} customers with an order, "
+        f"{sizes.get('history_days', 0):.0f} days of history)",
+        highlight=False,
+    )
+    churn = result.metrics.get("churn", {})
+    facts = [
+        f"mean churn probability {churn['mean_churn_probability']:.3f}"
+        if "mean_churn_probability" in churn else "",
+        f"mean 90% interval width {churn['mean_interval_width']:.3f}"
+        if "mean_interval_width" in churn else "",
+        f"holdout ROC AUC {churn['val_roc_auc']:.4f}" if "val_roc_auc" in churn else "",
+    ]  # fmt: skip
+    cli.console.print("; ".join(f for f in facts if f) or "no holdout to judge it on", highlight=False)
+    for kind, version in result.versions.items():
+        aliases = "challenger, champion" if result.champions.get(kind) else "challenger"
+        cli.console.print(
+            f"registered {kind} version {version} ({aliases}), model_kind btyd_fallback",
+            highlight=False,
+        )
+    cli.console.print(
+        f"fitted on {result.rows.get('fit', 0):,} customers; parent run {result.parent_run_id} "
+        f"in {result.seconds:.1f}s",
+        highlight=False,
+    )
+
+
 def score(
     events: EventsOption,
     as_of: AsOfOption,
@@ -217,7 +284,9 @@ def score(
     """Score every customer with an order at or before AS_OF with both registered models.
 
     Writes customer_id, tier, churn_probability, p_upgrade, p_downgrade and the versions of
-    the two models used (churn_model_version, tier_change_model_version).
+    the two models used (churn_model_version, tier_change_model_version), then
+    churn_probability_low and churn_probability_high (the 90% interval) and
+    churn_model_kind (lightgbm or btyd_fallback).
     """
     from training.scoring import timed_score, versions_text
 
