@@ -52,6 +52,7 @@ from serving.web.session import (
     session_max_age,
     session_secret,
 )
+from serving.web.throttle import LoginThrottle, throttle_from_env
 from tier_ml.store.explain import customer_ledger
 from tier_ml.store.service import StoreError, active_policy, iso_instant
 from tier_ml.store.views import customer_view, tier_counts
@@ -99,6 +100,7 @@ class Dashboard:
 
     templates: Jinja2Templates
     codec: SessionCodec
+    throttle: LoginThrottle
 
 
 def install(app: FastAPI) -> None:
@@ -111,7 +113,8 @@ def install(app: FastAPI) -> None:
     templates.env.globals["probability_bar"] = charts.probability_bar
     templates.env.globals["tier_colour"] = charts.tier_colour
     templates.env.globals["CSRF_FIELD"] = CSRF_FIELD
-    app.state.dashboard = Dashboard(templates, SessionCodec(session_secret(), session_max_age()))
+    codec = SessionCodec(session_secret(), session_max_age())
+    app.state.dashboard = Dashboard(templates, codec, throttle_from_env())
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.add_exception_handler(LoginRequired, _on_login_required)
@@ -268,11 +271,23 @@ def login_submit(
     if not csrf_ok(visitor.session, csrf_token):
         context = {"next": target, "error": "The login form expired: please try again."}
         return _render(request, Visitor(None, None), "login.html", context, status=400)
+    throttle = _dashboard(request).throttle
+    client = request.client.host if request.client else "unknown"
+    wait = throttle.retry_after(client)
+    if wait is not None:
+        error = f"Too many wrong API keys from your address: try again in {wait} s."
+        page = _render(request, visitor, "login.html", {"next": target, "error": error}, status=429)
+        page.headers["Retry-After"] = str(wait)
+        return page
     done = login(_services(request), api_key)
     if done is None:
         message = "Enter your API key." if not api_key.strip() else "That API key is not valid."
+        if api_key.strip():
+            throttle.failed(client)
+            log.warning("dashboard login with a wrong key from %s", client)
         context = {"next": target, "error": message}
         return _render(request, visitor, "login.html", context, status=401)
+    throttle.succeeded(client)
     principal, session = done
     log.info("dashboard login by key %r", principal.name)
     response = RedirectResponse(target, status_code=303)

@@ -92,6 +92,25 @@ def logged_in(base_url: str, key: str) -> Iterator[tuple[httpx.Client, str]]:
         yield client, token_of(page)
 
 
+def test_wrong_keys_are_limited_per_address(
+    small_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIER_ML_LOGIN_MAX_FAILURES", "3")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with dash.dashboard_server(small_store, tracking, load_models=False) as base_url:
+        with browser_like(base_url) as client:
+            token = token_of(client.get("/login"))
+            for _ in range(3):
+                wrong = client.post("/login", data={"api_key": "guess", "csrf_token": token})
+                assert wrong.status_code == 401
+            blocked = client.post("/login", data={"api_key": support.ALL_KEY, "csrf_token": token})
+            assert blocked.status_code == 429 and "try again in" in blocked.text
+            assert int(blocked.headers["retry-after"]) > 0
+            assert client.get("/dashboard").status_code == 303  # the right key did not log in
+        with httpx.Client(base_url=base_url) as api:  # keys sent as headers are not throttled
+            assert api.get("/v1/segments/Gold", headers=support.headers()).status_code == 200
+
+
 @pytest.mark.parametrize(
     "path",
     [
