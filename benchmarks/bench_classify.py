@@ -95,12 +95,13 @@ def measure(events: Path, runs: int) -> tuple[dict[str, float], dict[str, float]
     floor_cmd = [sys.executable, "-c", FLOOR_QUERY, str(events), str(WORK / "floor.csv")]
     classify_cmd = [str(BIN / "tier-ml"), "classify", "--events", str(events), "--as-of", AS_OF,
                     "--out", str(WORK / "tiers.csv"), "--rejects", str(WORK / "rejects.csv")]
-    floors, classifies = [], []
+    floors, classifies, loads = [], [], [os.getloadavg()[0]]
     for _ in range(runs):
         floors.append(timed(floor_cmd))
         classifies.append(timed(classify_cmd))
+        loads.append(os.getloadavg()[0])
     pairs = [c["wall"] / f["wall"] for f, c in zip(floors, classifies, strict=True)]
-    return summary(floors), summary(classifies), pairs
+    return summary(floors), {**summary(classifies), "load_min": min(loads), "load_max": max(loads)}, pairs
 
 
 def report(customers: int, rows: int, runs: int, floor: dict, classify: dict, pairs: list[float]) -> str:
@@ -126,7 +127,8 @@ def report(customers: int, rows: int, runs: int, floor: dict, classify: dict, pa
         f"Ratio classify / floor: **{ratio:.1f}x** wall (median of the pairs {statistics.median(pairs):.1f}x), "
         f"{cpu_ratio:.1f}x CPU time (target <= 3x); absolute target < 60 s: "
         f"{'met' if classify['median_s'] < 60 else 'missed'}; peak memory target < 4 GB: "
-        f"{'met' if classify['peak_mb'] < 4096 else 'missed'}.",
+        f"{'met' if classify['peak_mb'] < 4096 else 'missed'}. Load average (1 min) during the runs: "
+        f"{classify['load_min']:.1f}-{classify['load_max']:.1f} on {os.cpu_count()} cores.",
         "",
     ])
 

@@ -28,6 +28,8 @@ from typing import Any
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tier_ml.events import (
     AMOUNT_PATTERN,
@@ -40,7 +42,12 @@ from tier_ml.events import (
     rejects_frame,
 )
 from tier_ml.policy import Policy
-from tier_ml.replay_kernel import KernelResult, replay_customers
+from tier_ml.replay_kernel import (
+    KernelResult,
+    eligible_tiers,
+    replay_customers,
+    replay_steady_customers,
+)
 from tier_ml.rules import classify
 
 #: Columns of the rejects table written next to a classification.
@@ -137,12 +144,15 @@ def _raw_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
 
 
 def _text_expr(name: str, column_type: str | None) -> str:
-    """The field as trimmed text, NULL when missing (cheap when nothing needs trimming)."""
+    """The field as trimmed text, NULL when missing (cheap when nothing needs trimming).
+
+    ``LIKE ' %'`` is the cheapest test for a leading space DuckDB has (cheaper than ``starts_with``).
+    """
     if column_type is None:
         return "CAST(NULL AS VARCHAR)"
     c = f'"{name}"' if column_type == "VARCHAR" else f'CAST("{name}" AS VARCHAR)'
     return (
-        f"CASE WHEN starts_with({c}, ' ') OR ends_with({c}, ' ') THEN nullif(trim({c}, ' '), '') "
+        f"CASE WHEN {c} LIKE ' %' OR {c} LIKE '% ' THEN nullif(trim({c}, ' '), '') "
         f"WHEN {c} = '' THEN NULL ELSE {c} END"
     )
 
@@ -235,9 +245,13 @@ def _rate_sql(policy: Policy, column: str) -> str:
 
 
 def _stateless_sql(policy: Policy, as_of_us: int) -> str:
-    """Per-row checks, in the same order as ``tier_ml.events.check_row``, into one narrow table.
+    """Per-row checks, in the same order as ``tier_ml.events.check_row``, into one table.
 
-    Reject details are written later, only for rejected rows (see ``_rejects_sql``).
+    ``ok`` marks the rows the rules see (valid, at or before ``as_of``); later rows
+    stay with ``ok`` false rather than being filtered out here, because a filter on
+    ``reason`` would evaluate every per-row check twice. ``currency`` and ``channel``
+    are kept as read for the replay checks. Reject details are written later, only
+    for rejected rows (see ``_rejects_sql``).
     """
     priced = f"kind <> {CANCELLED}"
     amount_us = f"CAST(floor(amount_num * rate * 1e6 + {_double(0.5)}) AS BIGINT)"
@@ -261,11 +275,10 @@ def _stateless_sql(policy: Policy, as_of_us: int) -> str:
     )
     SELECT row, event_id, CAST(kind AS TINYINT) AS event_type, order_id, customer_id, at_us,
            CASE WHEN reason IS NULL AND {priced} THEN {amount_us} ELSE 0 END AS amount_us,
-           coalesce(region, '') AS region,
+           coalesce(region, '') AS region, currency, channel,
            reason IS NULL AND at_us <= {as_of_us} AS ok,
            reason
     FROM judged
-    WHERE reason IS NOT NULL OR at_us <= {as_of_us}
     """
 
 
@@ -295,24 +308,35 @@ def _stateless_detail_sql() -> str:
 _CONTENT = ("at_us", "event_type", "order_id", "customer_id", "amount_us", "currency", "channel", "region")
 
 
-def _ledger_sql() -> list[str]:
-    """Replays, duplicate orders and orphan refunds, as in ``tier_ml.events.validate``.
+def _repeated_hashes(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    """The 64-bit hashes that ``sql`` returns more than once, as a one-column table ``h``.
 
-    Repeated ids are first found by their 64-bit hash (grouping integers is much
-    cheaper than grouping ten million strings); the few candidates are then
-    compared by their text, so a hash collision only adds a candidate.
+    Sorting ten million integers in numpy costs about half of grouping them in a
+    DuckDB hash table (nearly every id is unique, so the table would hold them all).
+    """
+    values = con.sql(sql).to_arrow_table().column(0).to_numpy()
+    values = np.sort(values)
+    repeated = np.unique(values[1:][values[1:] == values[:-1]])
+    return pa.table({"h": pa.array(repeated, type=pa.uint64())})
+
+
+def _ledger_sql() -> tuple[list[str], list[str]]:
+    """Replays, then duplicate orders and orphan refunds, as in ``tier_ml.events.validate``.
+
+    Repeated ids are first found by their 64-bit hash (tables ``repeated_events`` and
+    ``repeated_orders``, see ``_ledger``); the few candidates are then compared by
+    their text, so a hash collision only adds a candidate.
     """
     content = ", ".join(_CONTENT)
     mine = ", ".join(f"r.{c}" for c in _CONTENT)
     first = ", ".join(f"f.{c}" for c in _CONTENT)
-    return [
+    replays = [
         f"""
         CREATE OR REPLACE TEMP TABLE copies AS
         WITH candidates AS (
-            SELECT c.*, upper(coalesce(s.currency, '')) AS currency, coalesce(s.channel, '') AS channel
-            FROM checked c JOIN src s ON s.row = c.row
-            WHERE c.ok AND hash(c.event_id) IN (
-                SELECT hash(event_id) FROM checked WHERE ok GROUP BY 1 HAVING count(*) > 1)
+            SELECT * REPLACE (upper(coalesce(currency, '')) AS currency, coalesce(channel, '') AS channel)
+            FROM checked
+            WHERE ok AND hash(event_id) IN (SELECT h FROM repeated_events)
         ), repeated AS (
             SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY {content}, row) AS copy
             FROM candidates
@@ -325,29 +349,19 @@ def _ledger_sql() -> list[str]:
         # much cheaper than an anti-join on every later read of ten million rows).
         "UPDATE checked SET ok = false WHERE row IN (SELECT row FROM copies)",
         "CREATE OR REPLACE TEMP VIEW unique_events AS SELECT * FROM checked WHERE ok",
+    ]
+    orders = [
         f"""
         CREATE OR REPLACE TEMP TABLE placed_repeats AS
         SELECT row, order_id, event_id,
                row_number() OVER (PARTITION BY order_id ORDER BY at_us, event_id) AS nth,
                first_value(event_id) OVER (PARTITION BY order_id ORDER BY at_us, event_id) AS first_event_id
         FROM unique_events
-        WHERE event_type = {PLACED} AND hash(order_id) IN (
-            SELECT hash(order_id) FROM unique_events WHERE event_type = {PLACED}
-            GROUP BY 1 HAVING count(*) > 1)
+        WHERE event_type = {PLACED} AND hash(order_id) IN (SELECT h FROM repeated_orders)
         """,
         # Second placements of an order are dropped the same way.
         "UPDATE checked SET ok = false WHERE row IN (SELECT row FROM placed_repeats WHERE nth > 1)",
         f"CREATE OR REPLACE TEMP VIEW placed_orders AS SELECT * FROM checked WHERE ok AND event_type = {PLACED}",
-        """
-        CREATE OR REPLACE TEMP TABLE customers AS
-        SELECT customer_id, CAST(row_number() OVER (ORDER BY customer_id) - 1 AS INTEGER) AS ckey
-        FROM (SELECT DISTINCT customer_id FROM placed_orders)
-        """,
-        """
-        CREATE OR REPLACE TEMP TABLE regions AS
-        SELECT region, CAST(row_number() OVER (ORDER BY region) - 1 AS INTEGER) AS rkey
-        FROM (SELECT DISTINCT region FROM placed_orders)
-        """,
         f"""
         CREATE OR REPLACE TEMP TABLE adjustments AS
         SELECT a.row, a.event_id, a.event_type, a.order_id, a.customer_id, a.at_us, a.amount_us,
@@ -360,6 +374,21 @@ def _ledger_sql() -> list[str]:
         WHERE a.event_type <> {PLACED}
         """,
     ]
+    return replays, orders
+
+
+def _ledger(con: duckdb.DuckDBPyConnection) -> None:
+    """Run ``_ledger_sql``: replays of ``event_id`` first, then repeated orders among the rest."""
+    replays, orders = _ledger_sql()
+    con.register("repeated_events", _repeated_hashes(con, "SELECT hash(event_id) FROM checked WHERE ok"))
+    for sql in replays:
+        con.execute(sql)
+    con.register(
+        "repeated_orders",
+        _repeated_hashes(con, f"SELECT hash(order_id) FROM unique_events WHERE event_type = {PLACED}"),
+    )
+    for sql in orders:
+        con.execute(sql)
 
 
 def _rejects_sql(types: dict[str, str]) -> list[str]:
@@ -400,12 +429,16 @@ def _rejects_sql(types: dict[str, str]) -> list[str]:
 
 
 def _orders_sql(policy: Policy, as_of_us: int) -> list[str]:
-    """Per order: what counts at maturity and at the window exit (definition 1 of ``tier_ml.rules``)."""
+    """Per order: what its refunds and cancels remove (definition 1 of ``tier_ml.rules``).
+
+    Leaves ``order_adjustments`` (one row per adjusted order) and ``late_steps`` (late
+    refunds and cancels that lower counted spend); the replay joins the placements to
+    the first and merges the second into each customer's timeline.
+    """
     buffer, window = policy.buffer_us, policy.window_us
     deduct = policy.late_refunds == "deduct"
     counts = "TRUE" if window is None else f"{window} > {buffer}"
     before_exit = "TRUE" if window is None else f"at_us < placed_at_us + {window}"
-    exit_removed = "removed_before_exit" if deduct else "removed_at_maturity"
     late = "FALSE" if not deduct else (
         f"s.at_us >= s.placed_at_us + {buffer} AND s.removed > s.removed_before"
         + ("" if window is None else f" AND s.at_us < s.placed_at_us + {window}")
@@ -426,102 +459,201 @@ def _orders_sql(policy: Policy, as_of_us: int) -> list[str]:
         f"""
         CREATE OR REPLACE TEMP TABLE order_adjustments AS
         SELECT order_id,
-               coalesce(max(removed) FILTER (WHERE at_us < placed_at_us + {buffer}), 0) AS removed_at_maturity,
-               max(removed) AS removed_at_as_of,
-               coalesce(max(removed) FILTER (WHERE {before_exit}), 0) AS removed_before_exit
+               CAST(coalesce(max(removed) FILTER (WHERE at_us < placed_at_us + {buffer}), 0) AS BIGINT)
+                   AS removed_at_maturity,
+               CAST(max(removed) AS BIGINT) AS removed_at_as_of,
+               CAST(coalesce(max(removed) FILTER (WHERE {before_exit}), 0) AS BIGINT) AS removed_before_exit
         FROM adjustment_steps GROUP BY order_id
         """,
         f"""
         CREATE OR REPLACE TEMP TABLE late_steps AS
-        SELECT c.ckey, s.at_us, s.removed_before - s.removed AS spend_us,
-               CASE WHEN s.removed = s.value_us THEN -1 ELSE 0 END AS orders
+        SELECT s.customer_id, s.at_us, CAST(s.removed_before - s.removed AS BIGINT) AS spend_us,
+               CAST(CASE WHEN s.removed = s.value_us THEN -1 ELSE 0 END AS INTEGER) AS orders
         FROM adjustment_steps s
         JOIN order_adjustments a USING (order_id)
-        JOIN customers c USING (customer_id)
         WHERE {counts} AND s.value_us > a.removed_at_maturity AND {late}
         """,
-        f"""
-        CREATE OR REPLACE TEMP TABLE orders AS
-        SELECT c.ckey, r.rkey, o.row, o.at_us AS placed_at_us,
-               CASE WHEN {counts} THEN o.amount_us - coalesce(a.removed_at_maturity, 0) ELSE 0 END AS counted_us,
-               CASE WHEN {counts} AND o.amount_us > coalesce(a.removed_at_maturity, 0)
-                    THEN o.amount_us - coalesce(a.{exit_removed}, 0) ELSE 0 END AS counted_at_exit_us,
-               o.amount_us - coalesce(a.removed_at_as_of, 0) AS net_us
-        FROM placed_orders o
-        JOIN customers c USING (customer_id)
-        JOIN regions r USING (region)
-        LEFT JOIN order_adjustments a USING (order_id)
-        """,
-        f"""
-        CREATE OR REPLACE TEMP TABLE customer_outlook AS
-        SELECT ckey,
-               sum(CASE WHEN placed_at_us + {buffer} > {as_of_us} THEN net_us ELSE 0 END) AS pending_us,
-               least(
-                 min(placed_at_us + {buffer}) FILTER (WHERE placed_at_us + {buffer} > {as_of_us} AND counted_us > 0),
-                 {'NULL' if window is None else f'min(placed_at_us + {window}) FILTER (WHERE placed_at_us + {window} > {as_of_us} AND counted_at_exit_us > 0)'}
-               ) AS next_step_us
-        FROM orders GROUP BY ckey
-        """,
     ]
+
+
+def _ladder_regions(policy: Policy) -> list[str]:
+    """Regions with their own thresholds; ladder code ``i + 1`` is region ``i``, 0 the default."""
+    return [region for region in policy.regions if region]
+
+
+def _placements_sql(policy: Policy, key: str, extra: str, tie: str) -> str:
+    """Every valid placement with what it counts, sorted by customer ``key``, instant and ``tie``."""
+    buffer, window = policy.buffer_us, policy.window_us
+    counts = "TRUE" if window is None else f"{window} > {buffer}"
+    exit_removed = "removed_before_exit" if policy.late_refunds == "deduct" else "removed_at_maturity"
+    ladder = " ".join(f"WHEN {_quote(r)} THEN {i}" for i, r in enumerate(_ladder_regions(policy), start=1))
+    at_exit = "" if window is None else (
+        f", CASE WHEN {counts} AND o.amount_us > coalesce(a.removed_at_maturity, 0) "
+        f"THEN o.amount_us - coalesce(a.{exit_removed}, 0) ELSE 0 END AS at_exit"
+    )
+    return f"""
+    SELECT {key} AS customer, o.at_us AS placed_at_us{extra},{f' CAST(CASE o.region {ladder} ELSE 0 END AS INTEGER) AS rkey,' if ladder else ''}
+           CASE WHEN {counts} THEN o.amount_us - coalesce(a.removed_at_maturity, 0) ELSE 0 END AS counted_us,
+           o.amount_us - coalesce(a.removed_at_as_of, 0) AS net_us{at_exit}
+    FROM placed_orders o LEFT JOIN order_adjustments a USING (order_id)
+    ORDER BY customer, o.at_us{tie}
+    """
 
 
 #: Orders per kernel chunk: the replay runs over customers in chunks of about this many orders,
 #: which bounds the kernel's memory (about 0.5 KB per order) whatever the input size.
 KERNEL_CHUNK_ORDERS = 2_000_000
 
+#: How customers are keyed for the sort of placements (a 64-bit hash of the id; see
+#: ``_sorted_placements``). Tests set a constant to exercise the fallback for collisions.
+CUSTOMER_HASH = "hash({column})"
 
-def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
-    """Columns of a query as numpy arrays of their SQL types (the query casts and fills NULLs)."""
-    return {name: np.asarray(values) for name, values in con.execute(sql).fetchnumpy().items()}
-
-
-def _sorted_orders(con: duckdb.DuckDBPyConnection) -> dict[str, np.ndarray]:
-    """Every valid order sorted by customer and placement instant, ties given one region."""
-    orders = _fetch(
-        con,
-        "SELECT ckey, CAST(rkey AS INTEGER) AS rkey, row, placed_at_us, "
-        "CAST(counted_us AS BIGINT) AS counted_us, CAST(counted_at_exit_us AS BIGINT) AS at_exit "
-        "FROM orders ORDER BY ckey, placed_at_us",
-    )
-    _settle_tied_regions(con, orders)
-    return orders
+#: Numeric columns of the sorted placements, as the kernel reads them.
+_PLACEMENT_COLUMNS = ("placed_at_us", "rkey", "counted_us", "net_us", "at_exit")
 
 
-def _settle_tied_regions(con: duckdb.DuckDBPyConnection, orders: dict[str, np.ndarray]) -> None:
-    """Placements of one customer at one instant: all take the region of the largest event_id.
+@dataclass
+class _Placements:
+    """The sorted placements as numpy columns, and per customer their id and region (Arrow)."""
 
-    The kernel takes the region of the last placement of an instant; giving every
-    placement of a tie the winner's region makes that the rule's choice.
+    columns: dict[str, np.ndarray]  # ckey (0, 1, ... per customer), then _PLACEMENT_COLUMNS
+    starts: np.ndarray  # first row of each customer
+    customer_ids: pa.Array | pa.ChunkedArray
+    regions: pa.Array | pa.ChunkedArray  # the region of each customer's latest placement
+    keys: np.ndarray | None  # the customers' 64-bit keys (sorted), None when keyed by text
+
+
+def _numpy(column: pa.ChunkedArray) -> np.ndarray:
+    return column.to_numpy()
+
+
+def _placement_columns(table: pa.Table, first: np.ndarray) -> dict[str, np.ndarray]:
+    columns = {"ckey": np.cumsum(first, dtype=np.int64) - 1}
+    for name in _PLACEMENT_COLUMNS:
+        if name in table.column_names:
+            columns[name] = _numpy(table.column(name))
+    if "at_exit" not in columns:  # no window
+        columns["at_exit"] = np.zeros(len(first), dtype=np.int64)
+    if "rkey" not in columns:  # no regional thresholds: one ladder
+        columns["rkey"] = np.zeros(len(first), dtype=np.int32)
+    return columns
+
+
+def _sorted_placements(con: duckdb.DuckDBPyConnection, policy: Policy) -> _Placements:
+    """Placements sorted by customer, with customer keys 0, 1, ... in that order.
+
+    DuckDB sorts by a 64-bit hash of ``customer_id`` (sorting ten million rows by
+    text, with text payload, costs several times more). A second, independent hash
+    must be constant within every customer: if two customers ever share the first
+    hash, the placements are sorted by the text instead. Placements at one instant
+    are put in ``event_id`` order afterwards (ties are rare), and each customer's id
+    and region are read for their last placement only.
     """
-    ckey, placed_at = orders["ckey"], orders["placed_at_us"]
-    tied = np.zeros(len(ckey), dtype=bool)
-    same = (ckey[1:] == ckey[:-1]) & (placed_at[1:] == placed_at[:-1])
-    tied[1:] |= same
-    tied[:-1] |= same
-    positions = np.flatnonzero(tied)
-    if not len(positions):
-        return
-    group = np.cumsum(np.concatenate(([True], ~same))) - 1  # one number per (customer, instant)
-    frame = pd.DataFrame({"row": orders["row"][positions], "position": positions, "group": group[positions]})
-    con.register("tied_rows", frame)
+    extra = ", hash(o.customer_id || '|') AS check_key, o.row"
+    key_sql = CUSTOMER_HASH.format(column="o.customer_id")
+    table = con.sql(_placements_sql(policy, key_sql, extra, "")).to_arrow_table()
+    key, check = _numpy(table.column("customer")), _numpy(table.column("check_key"))
+    count = len(key)
+    first = np.ones(count, dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    if np.any(~first[1:] & (check[1:] != check[:-1])):  # a collision of the first hash
+        del table, key, check
+        return _sorted_placements_by_text(con, policy)
+    columns = _placement_columns(table, first)
+    rows = _numpy(table.column("row"))
+    del table, check
+    tied = ~first[1:] & (columns["placed_at_us"][1:] == columns["placed_at_us"][:-1])
+    if tied.any():
+        rows = _order_ties_by_event_id(con, columns, rows, tied)
+    starts = np.flatnonzero(first)
+    lasts = np.append(starts[1:], count)[: len(starts)] - 1
+    named = _lookup_rows(con, rows[lasts], "customer_id, region")
+    return _Placements(columns, starts, named.column("customer_id"), named.column("region"), key[starts])
+
+
+def _lookup_rows(con: duckdb.DuckDBPyConnection, rows: np.ndarray, fields: str) -> pa.Table:
+    """``fields`` of the placements at ``rows``, in the order of ``rows``."""
+    con.register("wanted_rows", pa.table({"row": rows, "position": np.arange(len(rows))}))
     try:
-        named = con.execute(
-            "SELECT t.position, t.group, c.event_id FROM tied_rows t JOIN checked c USING (row)"
-        ).df()
+        return con.sql(
+            f"SELECT {fields} FROM wanted_rows w JOIN placed_orders p USING (row) ORDER BY w.position"
+        ).to_arrow_table().combine_chunks()
     finally:
-        con.unregister("tied_rows")
-    winners = named.sort_values("event_id").groupby("group")["position"].last()
-    rkey = orders["rkey"]
-    rkey[named["position"].to_numpy()] = rkey[winners.loc[named["group"]].to_numpy()]
+        con.unregister("wanted_rows")
 
 
-def _late_steps(con: duckdb.DuckDBPyConnection) -> dict[str, np.ndarray]:
-    """Late refunds and cancels that lower counted spend, sorted by customer and instant."""
-    return _fetch(
-        con,
-        "SELECT ckey, at_us, CAST(spend_us AS BIGINT) AS spend_us, CAST(orders AS INTEGER) AS orders "
-        "FROM late_steps ORDER BY ckey, at_us",
-    )
+def _order_ties_by_event_id(
+    con: duckdb.DuckDBPyConnection, columns: dict[str, np.ndarray], rows: np.ndarray, tied: np.ndarray
+) -> np.ndarray:
+    """Within each run of placements of one customer at one instant, sort by ``event_id``.
+
+    Only the region of a run's last placement matters to the rules (the others only
+    add spend at the same instant), so this puts the largest ``event_id`` last.
+    Returns ``rows`` in the new order (``columns`` are reordered in place).
+    """
+    member = np.zeros(len(rows), dtype=bool)
+    member[1:] |= tied
+    member[:-1] |= tied
+    slots = np.flatnonzero(member)
+    group = np.cumsum(np.concatenate(([True], ~tied)))[slots]  # one number per run
+    frame = pd.DataFrame({
+        "slot": slots, "group": group, "event_id": _lookup_rows(con, rows[slots], "event_id").column(0).to_pylist(),
+    })
+    moved = frame.sort_values(["group", "event_id"], kind="stable")["slot"].to_numpy()
+    for name, values in [*columns.items(), ("row", rows)]:
+        values = values if values.flags.writeable else values.copy()
+        values[slots] = values[moved]
+        columns[name] = values
+    return columns.pop("row")
+
+
+def _sorted_placements_by_text(con: duckdb.DuckDBPyConnection, policy: Policy) -> _Placements:
+    """Placements sorted by ``customer_id`` text, ties by ``event_id``: exact whatever the ids."""
+    sql = _placements_sql(policy, "o.customer_id", ", o.region", ", o.event_id")
+    table = con.sql(sql).to_arrow_table()
+    ids = table.column("customer").combine_chunks()
+    count = len(ids)
+    first = np.ones(count, dtype=bool)
+    if count > 1:
+        first[1:] = pc.not_equal(ids.slice(1), ids.slice(0, count - 1)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(first)
+    lasts = np.append(starts[1:], count)[: len(starts)] - 1
+    regions = table.column("region").combine_chunks().take(pa.array(lasts))
+    return _Placements(_placement_columns(table, first), starts, ids.take(pa.array(starts)), regions, None)
+
+
+def _late_steps(con: duckdb.DuckDBPyConnection, placements: _Placements) -> dict[str, np.ndarray]:
+    """Late refunds and cancels that lower counted spend, by customer key and instant."""
+    key = "customer_id" if placements.keys is None else CUSTOMER_HASH.format(column="customer_id")
+    table = con.sql(
+        f"SELECT {key} AS customer, at_us, spend_us, orders FROM late_steps ORDER BY customer, at_us"
+    ).to_arrow_table()
+    if placements.keys is None:
+        found = pc.index_in(table.column("customer"), value_set=placements.customer_ids)
+        ckey = np.asarray(found.to_numpy(zero_copy_only=False), dtype=np.int64)
+    else:
+        ckey = np.searchsorted(placements.keys, _numpy(table.column("customer"))).astype(np.int64)
+    return {
+        "ckey": ckey,
+        "at_us": _numpy(table.column("at_us")),
+        "spend_us": _numpy(table.column("spend_us")),
+        "orders": _numpy(table.column("orders")),
+    }
+
+
+def _outlook(policy: Policy, as_of_us: int, orders: dict[str, np.ndarray], starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per customer: pending spend (orders not matured at ``as_of``) and the next scheduled step."""
+    placed_at = orders["placed_at_us"]
+    matures = placed_at + policy.buffer_us
+    pending = matures > as_of_us
+    pending_us = np.add.reduceat(np.where(pending, orders["net_us"], 0), starts) if len(starts) else np.zeros(0, np.int64)
+    never = np.iinfo(np.int64).max
+    step = np.where(pending & (orders["counted_us"] > 0), matures, never)
+    if policy.window_us is not None:
+        leaves = placed_at + policy.window_us
+        np.minimum(step, np.where((leaves > as_of_us) & (orders["at_exit"] > 0), leaves, never), out=step)
+    next_step = np.minimum.reduceat(step, starts) if len(starts) else np.zeros(0, np.int64)
+    return pending_us, next_step
 
 
 def _customer_chunks(ckey: np.ndarray, size: int) -> list[tuple[int, int]]:
@@ -600,18 +732,30 @@ def _slice(columns: dict[str, np.ndarray], start: int, stop: int) -> dict[str, n
     return {name: values[start:stop] for name, values in columns.items()}
 
 
-def _replay(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> None:
-    """Run the numpy kernel over the timeline, customers in chunks, and store ``customer_state``."""
-    orders = _sorted_orders(con)
-    late = _late_steps(con)
-    for table in ("checked", "adjustments", "adjustment_steps", "late_steps"):
-        con.execute(f"DROP TABLE IF EXISTS {table}")  # free memory before the kernel
-    regions = [r for (r,) in con.execute("SELECT region FROM regions ORDER BY rkey").fetchall()]
-    thresholds = np.array([policy.thresholds_us(r) for r in regions] or [policy.thresholds_us(None)])
+def _run_kernel(
+    policy: Policy, as_of_us: int, orders: dict[str, np.ndarray], late: dict[str, np.ndarray], starts: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The replay of every customer: one value per customer key (0, 1, ...) for each state field.
+
+    Customers whose eligible tier can never fall (see ``_steady_customers``) take the
+    short path of the kernel; the others replay their full timeline, in chunks.
+    """
+    ladders = [policy.thresholds_us(None), *(policy.thresholds_us(r) for r in _ladder_regions(policy))]
+    thresholds = np.array(ladders, dtype=np.int64)
     min_orders = np.array(policy.min_orders_list, dtype=np.int64)
+    steady = _steady_customers(policy, orders, late, starts, thresholds, min_orders)
+    on_rows = np.repeat(steady, np.diff(np.append(starts, len(orders["ckey"]))))
     parts = []
-    for start, stop in _customer_chunks(orders["ckey"], KERNEL_CHUNK_ORDERS):
-        chunk = _slice(orders, start, stop)
+    if steady.any():
+        names = ("ckey", "placed_at_us", "counted_us", "rkey")
+        short = [orders[name] if steady.all() else orders[name][on_rows] for name in names]
+        parts.append(replay_steady_customers(
+            *short, buffer_us=policy.buffer_us, thresholds=thresholds, min_orders=min_orders, as_of_us=as_of_us,
+        ))
+        del short
+    rest = orders if not steady.any() else {name: values[~on_rows] for name, values in orders.items()}
+    for start, stop in _customer_chunks(rest["ckey"], KERNEL_CHUNK_ORDERS):
+        chunk = _slice(rest, start, stop)
         first, last = int(chunk["ckey"][0]), int(chunk["ckey"][-1])
         late_start, late_stop = np.searchsorted(late["ckey"], [first, last + 1], side="left")
         rows = _timeline(policy, as_of_us, chunk, _slice(late, int(late_start), int(late_stop)))
@@ -620,30 +764,80 @@ def _replay(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> No
             thresholds=thresholds, min_orders=min_orders, grace_us=policy.grace_us, as_of_us=as_of_us,
         ))
         del rows, chunk
-    del orders, late
-    fields = KernelResult.__dataclass_fields__
-    state = pd.DataFrame({
-        name: np.concatenate([getattr(part, name) for part in parts]) if parts else np.zeros(0, np.int64)
-        for name in fields
-    })
-    con.register("kernel_state", state)
-    grace = policy.grace_us
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE customer_state AS
-        SELECT c.customer_id, k.tier, k.eligible, k.qualifying_us, k.qualifying_orders, r.region,
-               k.last_placed_us, k.tier_since_us, k.tier_changes, CAST(u.pending_us AS BIGINT) AS pending_us,
-               CASE WHEN k.tier > k.eligible THEN k.last_placed_us + {grace} END AS grace_ends_at_us,
-               CASE WHEN k.tier > k.eligible
-                    THEN least(k.last_placed_us + {grace}, coalesce(u.next_step_us, k.last_placed_us + {grace}))
-                    ELSE u.next_step_us END AS next_change_at_us
-        FROM kernel_state k
-        JOIN customers c ON c.ckey = k.customer
-        JOIN regions r ON r.rkey = k.region
-        JOIN customer_outlook u ON u.ckey = k.customer
-        """
+    state = {name: np.zeros(len(starts), dtype=np.int64) for name in KernelResult.__dataclass_fields__}
+    for part in parts:
+        for name, values in state.items():
+            values[part.customer] = getattr(part, name)
+    return state
+
+
+def _steady_customers(
+    policy: Policy,
+    orders: dict[str, np.ndarray],
+    late: dict[str, np.ndarray],
+    starts: np.ndarray,
+    thresholds: np.ndarray,
+    min_orders: np.ndarray,
+) -> np.ndarray:
+    """Per customer: can their eligible tier never fall? (Then their tier is simply it.)
+
+    It can fall only through a late refund step, a window exit, or a move to a
+    region with higher thresholds; and the short path assumes nothing is eligible
+    for more than the default tier before anything is spent.
+    """
+    steady = np.ones(len(starts), dtype=bool)
+    nothing_spent = eligible_tiers(
+        np.zeros(len(thresholds), np.int64), np.zeros(len(thresholds), np.int64),
+        np.arange(len(thresholds)), thresholds, min_orders,
     )
-    con.unregister("kernel_state")
+    if policy.window_us is not None or np.any(nothing_spent):
+        steady[:] = False
+        return steady
+    steady[late["ckey"]] = False
+    if len(thresholds) > 1:
+        ckey, rkey = orders["ckey"], orders["rkey"]
+        moved = (ckey[1:] == ckey[:-1]) & (rkey[1:] != rkey[:-1])
+        steady[ckey[1:][moved]] = False
+    return steady
+
+
+def _replay(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> None:
+    """Replay every customer with the numpy kernel and store table ``customer_state``."""
+    placements = _sorted_placements(con, policy)
+    late = _late_steps(con, placements)
+    for table in ("checked", "adjustments", "adjustment_steps", "late_steps"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")  # free memory before the kernel
+    orders = placements.columns
+    state = _run_kernel(policy, as_of_us, orders, late, placements.starts)
+    pending_us, next_step = _outlook(policy, as_of_us, orders, placements.starts)
+    del orders, late
+    protected = state["tier"] > state["eligible"]
+    grace_end = state["last_placed_us"] + policy.grace_us
+    scheduled = next_step != np.iinfo(np.int64).max
+    next_change = np.where(protected, np.minimum(grace_end, np.where(scheduled, next_step, grace_end)), next_step)
+    columns = {
+        "customer_id": placements.customer_ids,
+        "tier": state["tier"],
+        "eligible": state["eligible"],
+        "qualifying_us": state["qualifying_us"],
+        "qualifying_orders": state["qualifying_orders"],
+        "region": placements.regions,
+        "last_placed_us": state["last_placed_us"],
+        "tier_since_us": state["tier_since_us"],
+        "tier_changes": state["tier_changes"],
+        "pending_us": pending_us,
+        "grace_ends_at_us": pa.array(grace_end, type=pa.int64(), mask=~protected),
+        "next_change_at_us": pa.array(next_change, type=pa.int64(), mask=~(protected | scheduled)),
+    }
+    kernel_state = pa.table({
+        name: pa.array(values, type=pa.int64()) if isinstance(values, np.ndarray) else values
+        for name, values in columns.items()
+    })
+    con.register("kernel_state", kernel_state)
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE customer_state AS SELECT * FROM kernel_state")
+    finally:
+        con.unregister("kernel_state")
 
 
 def _output_sql(policy: Policy) -> str:
@@ -660,8 +854,9 @@ def _output_sql(policy: Policy) -> str:
             f"ELSE strftime(make_timestamp({expr}), '%Y-%m-%dT%H:%M:%S.%fZ') END"
         )
 
+    # A view: the file writer and the summary read it once each, so storing it would only add a copy.
     return f"""
-    CREATE OR REPLACE TEMP TABLE tiers_out AS
+    CREATE OR REPLACE TEMP VIEW tiers_out AS
     SELECT customer_id,
            {names}[tier + 1] AS tier,
            {money('qualifying_us')} AS qualifying_spend,
@@ -695,7 +890,7 @@ def run_pipeline(
     register_source(con, source)
     stages: dict[str, Callable[[], None]] = {
         "validate": lambda: con.execute(_stateless_sql(policy, as_of_us)),
-        "ledger": lambda: [con.execute(sql) for sql in _ledger_sql()],
+        "ledger": lambda: _ledger(con),
         "rejects": lambda: [con.execute(sql) for sql in _rejects_sql(_raw_types(con))],
         "orders": lambda: [con.execute(sql) for sql in _orders_sql(policy, as_of_us)],
         "replay": lambda: _replay(con, policy, as_of_us),

@@ -47,8 +47,11 @@ def eligible_tiers(
     ``thresholds`` has one row per region code and one column per tier (micro-units).
     """
     eligible = np.zeros(len(spend), dtype=np.int64)
+    one_ladder = len(thresholds) == 1
     for tier in range(1, thresholds.shape[1]):
-        met = (spend >= thresholds[region, tier]) & (orders >= min_orders[tier])
+        met = spend >= (thresholds[0, tier] if one_ladder else thresholds[region, tier])
+        if min_orders[tier] > 0:
+            met &= orders >= min_orders[tier]
         eligible[met] = tier
     return eligible
 
@@ -150,6 +153,88 @@ def replay_customers(
         qualifying_orders=q[lasts],
         region=reg[lasts],
         last_placed_us=last_placed[lasts],
+        tier_since_us=since,
+        tier_changes=changes,
+    )
+
+
+def replay_steady_customers(
+    customer: np.ndarray,
+    placed_at_us: np.ndarray,
+    counted_us: np.ndarray,
+    region: np.ndarray,
+    *,
+    buffer_us: int,
+    thresholds: np.ndarray,
+    min_orders: np.ndarray,
+    as_of_us: int,
+) -> KernelResult:
+    """The replay for customers whose eligible tier can never fall, without a timeline.
+
+    The caller passes only customers with no late refund steps, no window exits and
+    one threshold ladder (region) for all their placements, under a policy whose
+    default tier is the only one eligible with nothing spent. Their spend and order
+    count only grow, so their eligible tier only rises: the tier *is* the eligible
+    tier at every instant (rule 7; rule 8 never applies), and the replay reduces to
+    the eligible tier after each maturity. Rows are one per placement, sorted by
+    customer and placement instant (so maturities ``p + buffer`` are sorted too).
+    The result equals :func:`replay_customers` on the same customers.
+    """
+    count = len(customer)
+    if count == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return KernelResult(*([empty] * 9))
+    first_row = _starts(customer)
+    starts = np.flatnonzero(first_row)
+    lasts = np.append(starts[1:], count) - 1
+    customers = customer[starts]
+    step = np.flatnonzero((counted_us > 0) & (placed_at_us <= as_of_us - buffer_us))
+    step_at = placed_at_us[step] + buffer_us
+    # Position of each step's customer, and each customer's first and last step (if any).
+    owner = (np.cumsum(first_row) - 1)[step]
+    first_step = np.searchsorted(owner, np.arange(len(customers)), side="left")
+    last_step = np.searchsorted(owner, np.arange(len(customers)), side="right") - 1
+    has_steps = last_step >= first_step
+    # Running spend and order count per customer, at each step.
+    spend_total = np.cumsum(counted_us[step])
+    before = np.concatenate(([0], spend_total))[first_step]
+    spend = spend_total - before[owner]
+    orders = np.arange(1, len(step) + 1) - first_step[owner]
+    # The eligible tier once every step of an instant is in.
+    instant_end = np.ones(len(step), dtype=bool)
+    instant_end[:-1] = (owner[1:] != owner[:-1]) | (step_at[1:] != step_at[:-1])
+    ends = np.flatnonzero(instant_end)
+    eligible = eligible_tiers(spend[ends], orders[ends], region[step[ends]], thresholds, min_orders)
+    end_owner = owner[ends]
+    previous = np.zeros(len(ends), dtype=np.int64)
+    if len(ends):
+        previous[1:] = eligible[:-1]
+        previous[_starts(end_owner)] = 0  # every customer starts in the default tier
+    changed = eligible != previous
+    changes = np.bincount(end_owner[changed], minlength=len(customers)).astype(np.int64)
+    since = placed_at_us[starts].copy()  # the first instant, when nothing ever changed
+    last_change = np.full(len(customers), -1, dtype=np.int64)
+    changed_at = np.flatnonzero(changed)
+    changed_owner = end_owner[changed_at]
+    latest = np.ones(len(changed_at), dtype=bool)  # the last change of each customer
+    latest[:-1] = changed_owner[1:] != changed_owner[:-1]
+    last_change[changed_owner[latest]] = changed_at[latest]
+    moved = last_change >= 0
+    since[moved] = step_at[ends[last_change[moved]]]
+    final = np.zeros(len(customers), dtype=np.int64)
+    final_end = np.searchsorted(end_owner, np.arange(len(customers)), side="right") - 1
+    final[has_steps] = eligible[final_end[has_steps]]
+    qualifying = np.zeros(len(customers), dtype=np.int64)
+    qualifying[has_steps] = spend[last_step[has_steps]]
+    qualifying_orders = np.where(has_steps, last_step - first_step + 1, 0).astype(np.int64)
+    return KernelResult(
+        customer=customers,
+        tier=final,
+        eligible=final.copy(),
+        qualifying_us=qualifying,
+        qualifying_orders=qualifying_orders,
+        region=region[lasts],
+        last_placed_us=placed_at_us[lasts],
         tier_since_us=since,
         tier_changes=changes,
     )

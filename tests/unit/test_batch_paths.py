@@ -1,0 +1,127 @@
+"""The batch path's short cuts give the answer of its general path.
+
+The batch path takes three short cuts for speed: customers whose eligible tier can
+never fall skip the timeline replay (``replay_steady_customers``), customers are
+sorted by a 64-bit hash of their id (with a fallback to their text when two ids
+share a hash), and placements at one instant are put in ``event_id`` order after
+the sort. Each is checked against the general path here.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.eventgen import as_of_instants, random_events, random_policy
+from tests.tiers import assert_same_tiers
+from tier_ml import batch
+from tier_ml.batch import classify_frame
+from tier_ml.money import instant_to_micros
+from tier_ml.policy import parse_policy
+from tier_ml.replay_kernel import replay_customers, replay_steady_customers
+from tier_ml.rules import classify
+
+DAY_US = 86_400 * 1_000_000
+
+
+def _steady_inputs(seed: int) -> dict:
+    """Random placements of customers with one region each and no late steps."""
+    rng = np.random.default_rng(seed)
+    customers = int(rng.integers(1, 40))
+    per_customer = rng.integers(1, 12, customers)
+    ckey = np.repeat(np.arange(customers, dtype=np.int64) * 3, per_customer)  # sparse keys
+    count = len(ckey)
+    placed_at = np.zeros(count, dtype=np.int64)
+    start = 0
+    for n in per_customer:  # sorted per customer, with ties
+        days = np.sort(rng.integers(0, 60, n))
+        placed_at[start:start + n] = days * DAY_US // int(rng.choice([1, 2]))
+        start += n
+    counted = rng.choice([0, 50, 120, 300, 700], count) * 1_000_000
+    region = np.repeat(rng.integers(0, 2, customers), per_customer).astype(np.int32)
+    thresholds = np.array([[0, 300, 1000], [0, 250, 600]], dtype=np.int64) * 1_000_000
+    min_orders = np.array([0, 0, int(rng.choice([0, 2, 3]))], dtype=np.int64)
+    buffer_us = int(rng.choice([0, 1, 7])) * DAY_US
+    as_of_us = int(rng.integers(0, 80)) * DAY_US
+    keep = placed_at <= as_of_us
+    return {
+        "ckey": ckey[keep], "placed_at": placed_at[keep], "counted": counted[keep], "region": region[keep],
+        "thresholds": thresholds, "min_orders": min_orders, "buffer_us": buffer_us, "as_of_us": as_of_us,
+    }
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_steady_replay_equals_the_timeline_replay(seed: int) -> None:
+    data = _steady_inputs(seed)
+    ckey, placed_at, counted, region = data["ckey"], data["placed_at"], data["counted"], data["region"]
+    if not len(ckey):
+        return
+    matures = placed_at + data["buffer_us"]
+    step = (counted > 0) & (matures <= data["as_of_us"])
+    n, m = len(ckey), int(step.sum())
+    rows = {
+        "ckey": np.concatenate([ckey, ckey[step]]),
+        "at": np.concatenate([placed_at, matures[step]]),
+        "spend": np.concatenate([np.zeros(n, np.int64), counted[step]]),
+        "orders": np.concatenate([np.zeros(n, np.int32), np.ones(m, np.int32)]),
+        "placed": np.concatenate([np.ones(n, bool), np.zeros(m, bool)]),
+        "region": np.concatenate([region, np.zeros(m, np.int32)]),
+    }
+    order = np.lexsort((rows["at"], rows["ckey"]))  # stable: placements first within an instant
+    rows = {name: values[order] for name, values in rows.items()}
+    common = {"thresholds": data["thresholds"], "min_orders": data["min_orders"], "as_of_us": data["as_of_us"]}
+    want = replay_customers(
+        rows["ckey"], rows["at"], rows["spend"], rows["orders"], rows["placed"], rows["region"],
+        grace_us=30 * DAY_US, **common,
+    )
+    got = replay_steady_customers(ckey, placed_at, counted, region, buffer_us=data["buffer_us"], **common)
+    for name in want.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_colliding_customer_hashes_fall_back_to_text(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(1000 + seed)
+    policy = random_policy(rng)
+    rows = pd.DataFrame(random_events(rng, customers=6))
+    as_of_us = instant_to_micros(as_of_instants(rng, 1)[0])
+    want_tiers, want_rejects = classify_frame(policy, rows, as_of_us)
+    called = []
+    by_text = batch._sorted_placements_by_text
+
+    def spy(*args: object) -> object:
+        called.append(True)
+        return by_text(*args)
+
+    monkeypatch.setattr(batch, "CUSTOMER_HASH", "CAST(42 AS UBIGINT)")  # every customer collides
+    monkeypatch.setattr(batch, "_sorted_placements_by_text", spy)
+    got_tiers, got_rejects = classify_frame(policy, rows, as_of_us)
+    assert called or want_tiers["customer_id"].nunique() < 2
+    pd.testing.assert_frame_equal(got_tiers, want_tiers)
+    pd.testing.assert_frame_equal(got_rejects, want_rejects)
+
+
+def test_placements_at_one_instant_take_the_region_of_the_largest_event_id() -> None:
+    policy = parse_policy({
+        "base_currency": "USD", "buffer_days": 0, "downgrade_grace_days": 0,
+        "tiers": [{"name": "Base"}, {"name": "Silver", "min_spend": 100}],
+        "regions": {"EU": {"Silver": 50}},
+    })
+    at = "2025-01-01T10:00:00Z"
+    rows = [  # "e9" > "e10" as text; customer b's larger id comes first in the file
+        {"event_id": "e9", "event_type": "placed", "order_id": "o1", "customer_id": "a", "occurred_at": at,
+         "amount": "60", "currency": "USD", "channel": "web", "region": "EU"},
+        {"event_id": "e10", "event_type": "placed", "order_id": "o2", "customer_id": "a", "occurred_at": at,
+         "amount": "10", "currency": "USD", "channel": "web", "region": "US"},
+        {"event_id": "e2", "event_type": "placed", "order_id": "o3", "customer_id": "b", "occurred_at": at,
+         "amount": "60", "currency": "USD", "channel": "web", "region": "US"},
+        {"event_id": "e1", "event_type": "placed", "order_id": "o4", "customer_id": "b", "occurred_at": at,
+         "amount": "10", "currency": "USD", "channel": "web", "region": "EU"},
+    ]
+    as_of_us = instant_to_micros(pd.Timestamp("2025-02-01T00:00:00Z").to_pydatetime())
+    tiers, _ = classify_frame(policy, pd.DataFrame(rows), as_of_us)
+    assert_same_tiers(tiers, classify(policy, rows, as_of_us).frame())
+    assert dict(zip(tiers["customer_id"], tiers["region"], strict=True)) == {"a": "EU", "b": "US"}
