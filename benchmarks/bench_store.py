@@ -97,10 +97,11 @@ def run_backend(url: str, rows: list[dict[str, Any]], single: int) -> dict[str, 
     result: dict[str, Any] = {}
 
     batch_latency = []
+    batches = [bulk[start : start + 1_000] for start in range(0, len(bulk), 1_000)]
+    clocks = [clock_of(batch) for batch in batches]  # the caller's clock, read before timing
+    load_began = os.getloadavg()[0]
     began, cpu_began = time.perf_counter(), time.process_time()
-    for start in range(0, len(bulk), 1_000):
-        batch = bulk[start : start + 1_000]
-        now = clock_of(batch)
+    for batch, now in zip(batches, clocks, strict=True):
         t0 = time.perf_counter()
         service.apply_events(engine, batch, now, policy)
         batch_latency.append(time.perf_counter() - t0)
@@ -114,6 +115,7 @@ def run_backend(url: str, rows: list[dict[str, Any]], single: int) -> dict[str, 
         "cpu_seconds": round(cpu, 2),  # this process only (not the PostgreSQL server)
         "events_per_cpu_s": round(len(bulk) / cpu),
         **percentiles(batch_latency),
+        "load_average": [round(load_began, 2), round(os.getloadavg()[0], 2)],  # 1-min, start / end
     }
 
     single_latency = []
@@ -238,6 +240,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"(Python {report['python']}); the machine is shared with other jobs, so CPU time is given as well.",
         f"Stream: {report['events']:,} simulated events in time order (about ten per customer); the last "
         f"{report['single_events']:,} are applied one by one.",
+        "Load average (1 min) at the start / end of the batch ingest: "
+        + "; ".join(
+            f"{name} {r['batch_1000']['load_average'][0]:.1f} / {r['batch_1000']['load_average'][1]:.1f}"
+            for name, r in report["backends"].items()
+            if isinstance(r, dict)
+        )
+        + ".",
         "",
         "| backend | batches of 1,000: events/s | events per CPU s | batch p50 / p99 ms "
         "| single events: events/s | p50 / p99 ms | sweep s | policy re-apply s | classify s | ratio |",

@@ -153,3 +153,21 @@ def test_uris_survive_pathlib() -> None:
     assert _target("dbfs:/mnt/lake/events") == "dbfs:/mnt/lake/events"
     assert _target(Path("/tmp/events.parquet")) == Path("/tmp/events.parquet")
     assert _has_scheme(Path("hdfs://nn:8020/events")) and not _has_scheme(Path("events.parquet"))
+
+
+def test_bucket_count_setting_survives_spark_submit(spark: Any) -> None:
+    """spark-submit drops ``--conf`` keys outside ``spark.*``: ``spark.tier_ml.buckets`` is read."""
+    from tier_ml.engines.spark import bucket_count
+
+    raw = spark.range(10)
+    try:
+        spark.conf.set("spark.tier_ml.buckets", "7")
+        assert bucket_count(spark, raw) == 7
+        spark.conf.unset("spark.tier_ml.buckets")
+        spark.conf.set("tier_ml.buckets", "3")
+        assert bucket_count(spark, raw) == 3
+    finally:
+        spark.conf.unset("spark.tier_ml.buckets")
+        spark.conf.unset("tier_ml.buckets")
+    # 10 rows: one bucket per core
+    assert bucket_count(spark, raw) == spark.sparkContext.defaultParallelism

@@ -9,7 +9,14 @@ import pytest
 
 from tests.eventgen import random_events, random_policy
 from tier_ml.events import OrderEvent, check_row, validate
-from tier_ml.store.intake import LedgerReader, PlacedOrder, Status, admit, canonical_raw
+from tier_ml.store.intake import (
+    LedgerReader,
+    PlacedOrder,
+    RowChecker,
+    Status,
+    admit,
+    canonical_raw,
+)
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -98,3 +105,23 @@ def test_typed_values_are_stored_as_text_that_reads_back_the_same() -> None:
     assert check_row(raw, random_policy(random.Random(0))) == check_row(
         row, random_policy(random.Random(0))
     )
+
+
+ODD_VALUES = [None, "", " ", "  x ", "PLACED", " Refunded ", "cancelled", "bogus", "usd", " eur ",
+              "XXX", "0", "-3", "1e3", " 12.5 ", "nan", "inf", "2025-01-02", "2025-01-02T03:04:05+01:00",
+              "2025-13-01", "\tplaced", float("nan"), 12.5, 7, True]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_row_checker_gives_what_check_row_gives(seed: int) -> None:
+    """The batch path's one-pass check equals ``check_row`` on every row, odd values included."""
+    rng = random.Random(seed)
+    policy = random_policy(rng)
+    rows = [canonical_raw(row) for row in random_events(rng, customers=5)]
+    for row in list(rows):  # and each row again with one field replaced by an odd value
+        odd = dict(row)
+        odd[rng.choice(sorted(odd))] = rng.choice(ODD_VALUES)
+        rows.append(odd)
+    checker = RowChecker(policy)
+    for row in rows:
+        assert checker.check(row) == check_row(row, policy)

@@ -468,6 +468,15 @@ def policy_apply(
     sample: Annotated[
         int, typer.Option("--sample", min=0, help="Movers to list (largest revenue first).")
     ] = 10,
+    batch_engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="Where the ledger is replayed: duckdb (embedded, default) or spark (Apache "
+            "Spark: SPARK_MASTER or local[*]; needs the spark extra of tier-ml and Java). "
+            "Same answer, same writes.",
+        ),
+    ] = "duckdb",
     actor: ActorOption = None,
     now: NowOption = None,
     db: DbOption = None,
@@ -481,14 +490,18 @@ def policy_apply(
     most revenue, and the share of revenue that moves (--movers writes them
     all). --dry-run shows this without writing. --grandfather-until keeps
     current members at least at their tier until the date (audited).
+    --engine spark replays the ledger on Spark (exported to Parquet first).
     """
     from tier_ml.cli import load_policy_or_exit
     from tier_ml.store.service import apply_policy
 
+    _check_batch_engine(batch_engine)
     new_policy = load_policy_or_exit(path)
     now_us = _now(now)
     until_us = _instant(grandfather_until, "--grandfather-until")
     engine = _open(db)
+    if batch_engine == "spark":
+        _start_spark()
     started = time.perf_counter()
     with _store_errors():
         result = apply_policy(
@@ -501,6 +514,7 @@ def policy_apply(
             grandfather_until_us=until_us,
             note=note,
             sample=sample,
+            batch_engine=batch_engine,
         )
     console = _console()
     preview = result.preview
@@ -531,6 +545,27 @@ def policy_apply(
         + f" in {time.perf_counter() - started:.1f}s",
         highlight=False,
     )
+
+
+def _check_batch_engine(name: str) -> None:
+    from tier_ml.engines import check_engine
+
+    try:
+        check_engine(name)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _start_spark() -> None:
+    """The Spark session (``SPARK_MASTER`` or local[*]); one line and exit 2 when it cannot start."""
+    from tier_ml.engines import EngineUnavailableError
+    from tier_ml.engines.spark import spark_session
+
+    try:
+        with _console().status("starting Spark ..."):
+            spark_session()
+    except EngineUnavailableError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _print_preview(preview: Any, dry_run: bool) -> None:

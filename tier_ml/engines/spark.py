@@ -563,16 +563,19 @@ def classify_spark(
 
 
 #: Events per bucket of customers: big enough that the per-bucket work dominates its overhead,
-#: small enough for one Python worker (about 0.5-1 KB per event; see docs/spark.md).
+#: small enough for one Python worker (about 1.1 KB per event measured; see docs/spark.md).
 EVENTS_PER_BUCKET = 2_500_000
+#: Spark settings that override ``bucket_count``; spark-submit passes on ``spark.*`` keys only.
+BUCKETS_SETTINGS = ("spark.tier_ml.buckets", "tier_ml.buckets")
 
 
 def bucket_count(spark: SparkSession, raw: DataFrame) -> int:
     """Buckets of customers for ``raw``: one per ``EVENTS_PER_BUCKET`` events, at least one per core.
 
-    ``spark.conf tier_ml.buckets`` overrides it (e.g. for a skewed data set).
+    ``--conf spark.tier_ml.buckets=N`` (or ``tier_ml.buckets`` set on the session)
+    overrides it: smaller buckets on a cluster, or more for a skewed data set.
     """
-    configured = spark.conf.get("tier_ml.buckets", None)
+    configured = next(filter(None, (spark.conf.get(k, None) for k in BUCKETS_SETTINGS)), None)
     if configured:
         return max(1, int(configured))
     rows = raw.count()  # Parquet answers from its footers
@@ -694,6 +697,26 @@ def classify_spark_frame(
     finally:
         result.release()
     return tiers, found
+
+
+def classify_ledger_file(
+    policy: Policy, ledger: Path, as_of_us: int, spark: SparkSession | None = None
+) -> pd.DataFrame:
+    """The tiers of a store's ledger exported to a local Parquet file (``policy apply``).
+
+    With a local master the executors read the file itself. On a cluster they
+    cannot see the driver's temporary folder, so the rows are read here and
+    shipped to Spark as Arrow (the ledger was in the driver's memory already:
+    the store's ``ledger_frame``). Either way the answer is the batch path's.
+    """
+    spark = spark or spark_session()
+    source: Path | pd.DataFrame = ledger
+    if not spark.sparkContext.master.startswith("local"):
+        import pyarrow.parquet as pq
+
+        source = pq.read_table(ledger).to_pandas()
+    tiers, _ = classify_spark_frame(policy, source, as_of_us, spark=spark, rejects=False)
+    return tiers
 
 
 # --- writing ----------------------------------------------------------------------------------

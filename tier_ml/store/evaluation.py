@@ -198,7 +198,7 @@ def evaluate(
     as_of = now_us if last is None else max(now_us, last)
     # A customer's events arrive roughly in time order (also in a backfill whose clock is far
     # ahead), so the next ones are dated at or after the latest one seen: checkpoint there.
-    latest = max((e.at_us for e in events if e.at_us <= as_of), default=as_of)
+    latest = max([t for e in events if (t := e.at_us) <= as_of], default=as_of)
     result = replay(policy, customer_id, events, as_of, resume=resume, checkpoint_before=latest)
     rules_state = _rules_state(policy, customer_id, events, result, as_of)
     held = rules_state if floor is None else with_floor(policy, rules_state, floor, result)

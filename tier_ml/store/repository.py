@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -190,26 +191,13 @@ class Repository:
 
     def ledger_events(self, event_ids: Iterable[str]) -> dict[str, RawEvent]:
         """Stored raw rows of the given event ids (those the ledger has)."""
-        ids = sorted(set(event_ids))
-        found: dict[str, RawEvent] = {}
-        for chunk in _chunks(ids):
-            query = select(*(EVENTS.c[name] for name in EVENT_FIELDS)).where(
-                self._among(EVENTS.c.event_id, chunk)
-            )
-            for row in self.connection.execute(query):
-                found[row.event_id] = dict(row._mapping)
-        return found
+        rows = self._rows_among("order_events", EVENT_FIELDS, "event_id", event_ids)
+        return {row[0]: dict(zip(EVENT_FIELDS, row, strict=True)) for row in rows}
 
     def placed_orders(self, order_ids: Iterable[str]) -> dict[str, PlacedOrder]:
-        ids = sorted(set(order_ids))
-        found: dict[str, PlacedOrder] = {}
-        for chunk in _chunks(ids):
-            query = select(ORDERS).where(self._among(ORDERS.c.order_id, chunk))
-            for row in self.connection.execute(query):
-                found[row.order_id] = PlacedOrder(
-                    row.customer_id, row.placed_at_us, row.placed_event_id
-                )
-        return found
+        columns = ("order_id", "customer_id", "placed_at_us", "placed_event_id")
+        rows = self._rows_among("orders", columns, "order_id", order_ids)
+        return {row[0]: PlacedOrder(row[1], row[2], row[3]) for row in rows}
 
     def add_events(self, accepted: Sequence[tuple[OrderEvent, RawEvent]], now_us: int) -> None:
         """Append accepted events: normalized ids, raw time and money as delivered."""
@@ -304,7 +292,9 @@ class Repository:
         for checkpoint in checkpoints:
             entry = self.staged.get(checkpoint.customer_id)
             if entry is not None:
-                self.staged[checkpoint.customer_id] = dataclasses.replace(entry, checkpoint=checkpoint)
+                self.staged[checkpoint.customer_id] = CachedLedger(
+                    entry.fingerprint, entry.last_id, entry.size, entry.events, checkpoint
+                )
 
     def _ledger_rows(self, customer_ids: Sequence[str]) -> list[Any]:
         """``(id, *LEDGER_COLUMNS)`` rows of the given customers."""
@@ -358,24 +348,22 @@ class Repository:
     # --- tier state ------------------------------------------------------------------------
 
     def tier_states(self, customer_ids: Sequence[str]) -> dict[str, TierState]:
-        states: dict[str, TierState] = {}
-        for chunk in _chunks(sorted(set(customer_ids))):
-            query = select(STATES).where(self._among(STATES.c.customer_id, chunk))
-            for row in self.connection.execute(query):
-                states[row.customer_id] = TierState(**row._mapping)
-        return states
+        rows = self._rows_among("tier_state", _TIER_STATE_FIELDS, "customer_id", customer_ids)
+        return {row[0]: TierState(*row) for row in rows}
 
     def states_frame(self) -> pd.DataFrame:
         """Every customer's stored state, one row each."""
         return self._frame(select(STATES).order_by(STATES.c.customer_id), list(STATE_FIELDS))
 
     def save_states(self, states: Iterable[TierState]) -> None:
-        self.save_state_rows([state.as_row() for state in states])
+        fields = operator.attrgetter(*_TIER_STATE_FIELDS)
+        self._insert_tuples(
+            STATES, _TIER_STATE_FIELDS, [fields(state) for state in states], _STATE_UPSERT
+        )
 
     def save_state_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert or replace tier-state rows (dicts with every column of ``tier_state``)."""
-        updates = ", ".join(f"{name} = excluded.{name}" for name in STATE_FIELDS[1:])
-        self._insert_rows(STATES, rows, f"ON CONFLICT (customer_id) DO UPDATE SET {updates}")
+        self._insert_rows(STATES, rows, _STATE_UPSERT)
 
     def due_customers(self, now_us: int, limit: int) -> list[str]:
         query = (
@@ -400,22 +388,21 @@ class Repository:
         """The latest instant any customer has been evaluated at (the store's clock)."""
         return self.connection.execute(select(func.max(STATES.c.evaluated_at_us))).scalar()
 
+    def has_floors(self) -> bool:
+        """Whether any grandfathered tier was ever granted (most stores: none, so a batch can
+        skip looking up its customers' floors)."""
+        sql = "SELECT 1 FROM grandfathering LIMIT 1"
+        return self.connection.exec_driver_sql(sql).first() is not None
+
     # --- overrides ------------------------------------------------------------------------
 
     def open_overrides(self, customer_ids: Sequence[str]) -> dict[str, Override]:
         """Each customer's latest override that was not cleared (it may have expired)."""
-        found: dict[str, Override] = {}
-        for chunk in _chunks(sorted(set(customer_ids))):
-            query = (
-                select(OVERRIDES)
-                .where(
-                    self._among(OVERRIDES.c.customer_id, chunk), OVERRIDES.c.cleared_at_us.is_(None)
-                )
-                .order_by(OVERRIDES.c.id)
-            )
-            for row in self.connection.execute(query):
-                found[row.customer_id] = _override(row._mapping)
-        return found
+        rows = self._rows_among(
+            "overrides", _OVERRIDE_FIELDS, "customer_id", customer_ids, "cleared_at_us IS NULL"
+        )
+        rows.sort(key=lambda row: row[0])  # by id: the latest override wins
+        return {row[1]: Override(*row) for row in rows}
 
     def all_open_overrides(self) -> dict[str, Override]:
         query = (
@@ -500,6 +487,31 @@ class Repository:
             result.close()
         return pd.DataFrame.from_records(rows, columns=list(columns), coerce_float=False)
 
+    def _rows_among(
+        self,
+        table: str,
+        columns: Sequence[str],
+        key: str,
+        keys: Iterable[str],
+        condition: str | None = None,
+    ) -> list[Any]:
+        """Rows (driver tuples of ``columns``) whose ``key`` is among ``keys``: one plain
+        driver statement per chunk of keys (the hot path of every batch; SQLAlchemy's
+        expansion of a large ``IN`` list per statement costs more than the query)."""
+        names = ", ".join(columns)
+        extra = "" if condition is None else f" AND {condition}"
+        rows: list[Any] = []
+        for chunk in _chunks(sorted(set(keys))):
+            if self.dialect == "postgresql":
+                sql = f"SELECT {names} FROM {table} WHERE {key} = ANY(%s){extra}"
+                parameters: Any = (list(chunk),)
+            else:
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT {names} FROM {table} WHERE {key} IN ({marks}){extra}"
+                parameters = tuple(chunk)
+            rows.extend(self.connection.exec_driver_sql(sql, parameters).fetchall())
+        return rows
+
     def _among(self, column: Any, keys: Sequence[str]) -> Any:
         """``column IN keys``; on PostgreSQL ``column = ANY(array)``: one parameter, so the
         statement text stays the same for any number of keys (and is prepared once)."""
@@ -516,22 +528,43 @@ class Repository:
         """
         if not rows:
             return
-        columns = list(rows[0])
+        columns = tuple(rows[0])
+        if len(columns) == 1:
+            self._insert_tuples(table, columns, [(row[columns[0]],) for row in rows], conflict)
+            return
+        values = operator.itemgetter(*columns)
+        self._insert_tuples(table, columns, [values(row) for row in rows], conflict)
+
+    def _insert_tuples(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str = "",
+    ) -> None:
+        """Insert many rows given as tuples of ``columns``."""
+        if not rows:
+            return
         names = ", ".join(columns)
         if self.dialect == "postgresql":
             # one statement whatever the row count: a column array per column, unnested
             arrays = ", ".join(f"%s::{_PG_ARRAY[type(table.c[name].type)]}" for name in columns)
             sql = f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}) {conflict}"
-            for chunk in _chunks(list(rows), 50_000):
-                self.connection.exec_driver_sql(
-                    sql, tuple([row[name] for row in chunk] for name in columns)
-                )
+            for chunk in _chunks(rows, 50_000):
+                self.connection.exec_driver_sql(sql, tuple(list(column) for column in zip(*chunk, strict=True)))
             return
         marks = ", ".join(["?"] * len(columns))
         sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}) {conflict}"
-        self.connection.exec_driver_sql(sql, [tuple(row[name] for name in columns) for row in rows])
+        self.connection.exec_driver_sql(sql, rows)
 
 
+#: ``tier_state`` columns in the order of ``TierState``'s fields; ``overrides`` columns in the
+#: order of ``Override``'s.
+_TIER_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(TierState))
+_OVERRIDE_FIELDS = tuple(f.name for f in dataclasses.fields(Override))
+_STATE_UPSERT = "ON CONFLICT (customer_id) DO UPDATE SET " + ", ".join(
+    f"{name} = excluded.{name}" for name in STATE_FIELDS[1:]
+)
 _PG_ARRAY = {String: "text[]", Text: "text[]", BigInteger: "bigint[]", Integer: "integer[]"}
 
 

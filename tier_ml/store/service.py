@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
-from tier_ml.events import EVENT_FIELDS, OrderEvent, check_row
+from tier_ml.events import EVENT_FIELDS, OrderEvent
 from tier_ml.money import micros_to_instant
 from tier_ml.policy import Policy, load_policy
 from tier_ml.rules import OUTPUT_COLUMNS
@@ -59,7 +59,7 @@ from tier_ml.store.evaluation import (
     notice_for,
     with_override,
 )
-from tier_ml.store.intake import EventResult, Status, admit, canonical_raw
+from tier_ml.store.intake import EventResult, RowChecker, Status, admit, canonical_raw
 from tier_ml.store.repository import STATE_FIELDS, ActivePolicy, Repository
 from tier_ml.store.unit_of_work import UnitOfWork, run_in_transaction
 
@@ -259,7 +259,7 @@ def apply_events(
     def work(uow: UnitOfWork) -> ApplyResult:
         repo = uow.repo
         active = _active_policy(repo, policy, now_us)
-        checked = [check_row(raw, active.policy) for raw in raws]
+        checked = RowChecker(active.policy).check_all(raws)
         good = [event for event in checked if isinstance(event, OrderEvent)]
         customers = sorted({event.customer_id for event in good})
         repo.ensure_customers(customers, now_us)
@@ -307,7 +307,7 @@ def _evaluate_customers(
     events, sizes = repo.customer_events(customer_ids, active.policy)
     states = repo.tier_states(customer_ids)
     overrides = repo.open_overrides(customer_ids)
-    floors = grandfather.open_floors(repo, customer_ids)
+    floors = grandfather.open_floors(repo, customer_ids) if repo.has_floors() else {}
     checkpoints = repo.replay_checkpoints(customer_ids)
     evaluations = []
     for customer_id in customer_ids:
@@ -710,11 +710,14 @@ def apply_policy(
     grandfather_until_us: int | None = None,
     note: str | None = None,
     sample: int = 20,
+    batch_engine: str = "duckdb",
 ) -> PolicyApplyResult:
     """Reclassify every customer under ``policy`` at ``now_us`` (``dry_run``: only the matrix
     and the preview).
 
-    The ledger is replayed on the batch path (``tier_ml.batch.classify_frame``).
+    The ledger is replayed on the batch path (``tier_ml.batch.classify_frame``), or on
+    Spark with ``batch_engine="spark"`` (same plan, same writes; without ``dry_run`` the
+    write lock is held while Spark runs).
     Without ``dry_run``, in one transaction that holds every other writer off:
     customers due under the old policy are first brought up to ``now_us`` (their
     own audit rows), the new version is stored, and every customer whose state
@@ -729,10 +732,11 @@ def apply_policy(
     ``policy``, the actor, a note saying until when and what the new rules give).
     """
     _require_text(actor=actor)
+    _check_batch_engine(batch_engine)
     if dry_run:
 
         def preview(uow: UnitOfWork) -> PolicyApplyResult:
-            plan = _policy_plan(uow.repo, policy, now_us, grandfather_until_us)
+            plan = _policy_plan(uow.repo, policy, now_us, grandfather_until_us, None, batch_engine)
             result = plan.result()
             result.preview = plan.preview(sample)
             return result
@@ -745,7 +749,9 @@ def apply_policy(
         _check_clock(repo, old, now_us)
         due = repo.due_customers(now_us, limit=2**62)
         _reevaluate(repo, old, due, now_us)
-        plan = _policy_plan(repo, policy, now_us, grandfather_until_us, old.version + 1)
+        plan = _policy_plan(
+            repo, policy, now_us, grandfather_until_us, old.version + 1, batch_engine
+        )
         new = repo.add_policy_version(policy, actor, now_us, source_text)
         grandfather.record_choice(repo, new.version, grandfather_until_us, note)
         grandfather.add_floors(repo, plan.new_floors, actor, note)
@@ -901,15 +907,16 @@ def _policy_plan(
     now_us: int,
     grandfather_until_us: int | None = None,
     version: int | None = None,
+    batch_engine: str = "duckdb",
 ) -> _PolicyPlan:
     """Every customer's state under ``policy`` at ``now_us`` beside the current one: the batch
-    path's rules states, then floors in force (earlier grandfathering, and new floors when
-    ``grandfather_until_us`` is given), then active overrides on top."""
+    path's rules states (on ``batch_engine``), then floors in force (earlier grandfathering,
+    and new floors when ``grandfather_until_us`` is given), then active overrides on top."""
     active = _existing_policy(repo)
     _check_clock(repo, active, now_us)
     current = _current_states(repo, active, now_us)
     ledger = repo.ledger_frame()
-    tiers = _classify_ledger(policy, ledger, now_us)
+    tiers = _classify_ledger(policy, ledger, now_us, batch_engine)
     proposed = _states_from_tiers(tiers, current["customer_id"], now_us)
     proposed["next_due_at_us"] = _next_due_column(proposed, ledger, policy, now_us)
     floors = {c: f for c, f in grandfather.all_floors(repo).items() if f.active_at(now_us)}
@@ -941,38 +948,59 @@ def preview_policy(
     *,
     grandfather_until_us: int | None = None,
     sample: int = 20,
+    batch_engine: str = "duckdb",
 ) -> PolicyPreview:
     """Who ``policy`` would move if applied at ``now_us`` (``PolicyPreview``); writes nothing.
 
     The same plan ``apply_policy`` writes, read in a read-only transaction (the
-    API's ``POST /v1/policy?dry_run=true``)."""
+    API's ``POST /v1/policy?dry_run=true``); ``batch_engine`` as ``apply_policy``."""
+    _check_batch_engine(batch_engine)
 
     def work(uow: UnitOfWork) -> PolicyPreview:
-        return _policy_plan(uow.repo, policy, now_us, grandfather_until_us).preview(sample)
+        plan = _policy_plan(uow.repo, policy, now_us, grandfather_until_us, None, batch_engine)
+        return plan.preview(sample)
 
     return run_in_transaction(engine, work, read_only=True)
 
 
-def _classify_ledger(policy: Policy, ledger: pd.DataFrame, now_us: int) -> pd.DataFrame:
-    """``classify`` of the whole ledger on the batch path (DuckDB), as of ``now_us``.
+def _classify_ledger(
+    policy: Policy, ledger: pd.DataFrame, now_us: int, batch_engine: str = "duckdb"
+) -> pd.DataFrame:
+    """``classify`` of the whole ledger on the batch path, as of ``now_us``.
 
     The ledger goes through a temporary Parquet file of text columns: DuckDB
     reads it natively, so millions of rows need no per-value Python work.
+    ``batch_engine="spark"`` classifies that file on Spark instead (the session
+    of ``tier_ml.engines.spark``), with the same answer.
     """
     import tempfile
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tier_ml.batch import classify_frame  # DuckDB: loaded only for a policy change
-
+    _check_batch_engine(batch_engine)
     schema = pa.schema([(name, pa.string()) for name in EVENT_FIELDS])
     table = pa.Table.from_pandas(ledger[list(EVENT_FIELDS)], schema=schema, preserve_index=False)
     with tempfile.TemporaryDirectory(prefix="tier-ml-ledger-") as folder:
         path = Path(folder) / "ledger.parquet"
         pq.write_table(table, path)
+        if batch_engine == "spark":
+            from tier_ml.engines.spark import classify_ledger_file  # pyspark: only when asked
+
+            return classify_ledger_file(policy, path, now_us)
+        from tier_ml.batch import classify_frame  # DuckDB: loaded only for a policy change
+
         tiers, _rejects = classify_frame(policy, path, now_us)
     return tiers
+
+
+def _check_batch_engine(batch_engine: str) -> None:
+    from tier_ml.engines import check_engine
+
+    try:
+        check_engine(batch_engine)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def _instants_us(column: pd.Series) -> pd.Series:
