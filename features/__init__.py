@@ -3,6 +3,7 @@
 - ``FEATURE_COLUMNS`` / ``CATEGORICAL_COLUMNS`` / ``FEATURES``: the registry (``features.registry``).
 - ``build_features`` / ``build_training_set`` / ``monthly_cutoffs``: the batch path (``features.build``).
 - ``customer_features`` / ``store_customer_features``: the online path (``features.online``).
+- ``store_batch_features``: many customers from the tier store (``features.store_batch``).
 - ``validate_feature_frame`` / ``FeatureSchemaError``: the schema check (``features.schema``).
 - The SQL text every engine runs lives in ``features.sql``.
 """
@@ -18,6 +19,7 @@ from features.registry import (
     Feature,
 )
 from features.schema import FeatureSchemaError, validate_feature_frame
+from features.store_batch import store_batch_features
 
 __all__ = [
     "CATEGORICAL_COLUMNS",
@@ -32,6 +34,7 @@ __all__ = [
     "build_training_set",
     "customer_features",
     "monthly_cutoffs",
+    "store_batch_features",
     "store_customer_features",
     "validate_feature_frame",
 ]

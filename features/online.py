@@ -118,7 +118,9 @@ def _frame_of(row: dict[str, Any], as_of_us: int) -> pd.DataFrame:
         if dtype == "float64" and value is None:
             value = np.nan
         columns[name] = np.array([value], dtype=dtype)
-    return pd.DataFrame(columns, copy=False)
+    # copy=True consolidates the columns into one block per dtype: the models' column
+    # selections then take a few blocks instead of one per column (~2 ms a prediction)
+    return pd.DataFrame(columns, copy=True)
 
 
 def _sql_row(valid: list[OrderEvent], state: CustomerTier, policy: Policy, as_of_us: int) -> pd.DataFrame:

@@ -16,9 +16,8 @@ from serving.errors import Problem, customer_not_found, problem_responses
 from serving.intervals import interval_fields, model_kinds
 from serving.models import CHURN, TIER_CHANGE, ModelSet, prediction_fields
 from serving.schemas import PredictionOut, PredictionsIn, PredictionsOut
-from serving.scoring import batch_features, customer_features, score
+from serving.scoring import batch_features, customer_features, effective_tiers, score
 from tier_ml.store.service import iso_instant
-from tier_ml.store.views import customer_tiers
 
 router = APIRouter(tags=["predictions"])
 
@@ -96,8 +95,7 @@ def post_predictions(
     policy = services.policy()
     features = batch_features(services.engine, ids, policy, now_us)
     scored = score(models, features, body.top_reasons)
-    tiers = customer_tiers(services.engine, ids, now_us)
-    tier_of = dict(zip(tiers["customer_id"], tiers["tier"], strict=True))
+    tier_of = effective_tiers(services.engine, ids, now_us)
     _count(services, len(scored))
     # Built as plain dicts (10,000 pydantic objects would cost more than the scoring);
     # the shape is PredictionsOut, which the schema tests check.

@@ -1,6 +1,7 @@
 """The service's fast paths give the same answers as the slow ones: the direct model call
-equals ``PyFuncModel.predict`` (and passes every output column through), the Parquet batch
-feature path equals the DataFrame one, the lookup's hand-built JSON equals ``CustomerOut``;
+equals ``PyFuncModel.predict`` (and passes every output column through), the store batch
+feature path equals the canonical ledger path (features and predictions), the Parquet
+ledger path equals the DataFrame one, the lookup's hand-built JSON equals ``CustomerOut``;
 and ``GET /v1/customers/{id}?include=predictions`` shows the models' chances.
 
 Real SQLite store with the training fixture's history, real MLflow models
@@ -20,7 +21,7 @@ from fastapi.testclient import TestClient
 from serving.app import create_app
 from serving.models import CHURN, TIER_CHANGE, ModelSet, load_model_set, predict_frame
 from serving.schemas import CustomerOut
-from serving.scoring import batch_features, customer_features
+from serving.scoring import batch_features, customer_features, ledger_batch_features
 from tests.e2e import serving_support as support
 from tier_ml.money import instant_to_micros
 from tier_ml.store.service import active_policy, export_tiers, open_store, set_override
@@ -161,7 +162,36 @@ def test_batch_features_from_parquet_equal_the_dataframe_path(
     policy = active_policy(engine).policy
     ids = customer_ids[:300]
     expected = features.build_features(ledger_rows(engine, ids), policy, micros_to_instant(NOW_US))
-    pd.testing.assert_frame_equal(batch_features(engine, ids, policy, NOW_US), expected)
+    pd.testing.assert_frame_equal(ledger_batch_features(engine, ids, policy, NOW_US), expected)
+
+
+def test_store_batch_path_gives_the_predictions_of_the_ledger_path(
+    engine: Any, customer_ids: list[str], models: ModelSet
+) -> None:
+    """The service's batch features (``features.store_batch_features``) and the canonical
+    ledger path give the same feature rows and the same predictions, reasons included, for
+    300 customers (the overridden one among them)."""
+    policy = active_policy(engine).policy
+    ids = customer_ids[:300]
+    fast = batch_features(engine, ids, policy, NOW_US)
+    slow = ledger_batch_features(engine, ids, policy, NOW_US)
+    assert len(fast) == 300
+    pd.testing.assert_frame_equal(fast, slow)
+    pd.testing.assert_frame_equal(predict_frame(models, fast, 2), predict_frame(models, slow, 2))
+
+
+def test_batch_endpoint_reports_unknown_ids_and_answers_the_rest(
+    client: TestClient, customer_ids: list[str]
+) -> None:
+    headers = {"X-API-Key": support.KEYS["predictions:read"]}
+    asked = [customer_ids[5], "nobody", customer_ids[0], "x" * 200, "O'Brien \"é\" ]%"]
+    response = client.post("/v1/predictions", json={"customer_ids": asked}, headers=headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [p["customer_id"] for p in body["predictions"]] == [customer_ids[5], customer_ids[0]]
+    assert body["missing"] == ["nobody", "x" * 200, "O'Brien \"é\" ]%"]
+    assert body["predictions"][1]["tier"] == "VIP"  # the override, as the lookup shows it
+    assert all(0 <= p["churn_probability"] <= 1 for p in body["predictions"])
 
 
 def test_one_statement_read_equals_the_store_view(

@@ -95,3 +95,70 @@ def test_views_agree_with_the_store_export(engine) -> None:  # noqa: F811
     assert sorted(rows["event_id"]) == sorted(
         e["event_id"] for e in EVENTS if e["customer_id"] == "C1"
     )
+
+
+def test_store_batch_features_equal_the_ledger_path(engine) -> None:  # noqa: F811
+    """``features.store_batch_features`` (typed ledger, stored states, one statement per table)
+    gives ``build_features``' rows over the same ledger rows, on SQLite and PostgreSQL: with the
+    stored states current, with most of them due (replayed), and before the evaluation instant;
+    an overridden customer and unknown ids included. The service's ``effective_tiers`` equals
+    ``customer_tiers``."""
+    import features
+    from serving.scoring import effective_tiers, ledger_batch_features
+    from tests.unit.test_features import assert_same_features
+    from tier_ml.events import frame_records
+    from tier_ml.simulate import SimulationConfig, simulate
+    from tier_ml.store.service import active_policy
+    from tier_ml.store.views import customer_tiers
+
+    events = simulate(SimulationConfig(customers=80, seed=5)).events
+    rows = frame_records(events)
+    now = max(instant_to_micros(pd.Timestamp(r["occurred_at"]).to_pydatetime()) for r in rows) + 1
+    apply_events(engine, rows, now)
+    ids = export_tiers(engine, now)["customer_id"].astype(str).tolist()
+    set_override(engine, ids[0], "VIP", "ops", "goodwill", now, None)
+    policy = active_policy(engine).policy
+    asked = [*ids, "nobody", "x" * 300]
+    day = 86_400_000_000
+    for at in (now, now + 40 * day, now - 120 * day):
+        fast = features.store_batch_features(engine, asked, policy, at)
+        assert_same_features(ledger_batch_features(engine, asked, policy, at), fast)
+        assert len(fast) > 0
+        slow = customer_tiers(engine, asked, at)
+        assert effective_tiers(engine, asked, at) == dict(zip(slow["customer_id"], slow["tier"], strict=True))
+    assert features.store_batch_features(engine, ["nobody"], policy, now).empty
+
+
+def test_store_batch_features_under_a_grandfathered_policy(engine) -> None:  # noqa: F811
+    """After a stricter policy applied with grandfathering (members keep their tier as a
+    floor, which changes the effective tier and its ``since``), the store path still equals
+    the canonical path: states held up by a floor are replayed, not reused."""
+    import features
+    from serving.scoring import effective_tiers, ledger_batch_features
+    from tests.unit.test_features import assert_same_features
+    from tier_ml.events import frame_records
+    from tier_ml.policy import load_policy, parse_policy
+    from tier_ml.simulate import SimulationConfig, simulate
+    from tier_ml.store.service import active_policy, apply_policy
+    from tier_ml.store.views import customer_tiers
+
+    rows = frame_records(simulate(SimulationConfig(customers=60, seed=8)).events)
+    now = max(instant_to_micros(pd.Timestamp(r["occurred_at"]).to_pydatetime()) for r in rows) + 1
+    apply_events(engine, rows, now)
+    data = load_policy().model_dump(mode="json")
+    for tier in data["tiers"][1:]:
+        tier["min_spend"] = tier["min_spend"] * 3
+    day = 86_400_000_000
+    result = apply_policy(
+        engine, parse_policy(data, source="test"), "ops", now + 1, grandfather_until_us=now + 60 * day
+    )
+    assert result.preview is not None and result.preview.grandfathered > 0
+    policy = active_policy(engine).policy
+    ids = [*export_tiers(engine, now + 1)["customer_id"].astype(str), "nobody"]
+    for at in (now + 1, now + 30 * day, now + 90 * day):
+        assert_same_features(
+            ledger_batch_features(engine, ids, policy, at),
+            features.store_batch_features(engine, ids, policy, at),
+        )
+        slow = customer_tiers(engine, ids, at)
+        assert effective_tiers(engine, ids, at) == dict(zip(slow["customer_id"], slow["tier"], strict=True))
