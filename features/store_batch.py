@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.build import _as_of_us, finish_frame
-from features.online import empty_features
+from features.online import TIER_COLUMNS, empty_features
 from features.schema import validate_feature_frame
 from features.sql import behaviour_sql, features_sql
 from tier_ml.policy import Policy
@@ -76,18 +76,7 @@ _STATE = (
     "evaluated_at_us",
     "next_due_at_us",
 )
-_TIERS = (
-    "customer_id",
-    "tier_rank",
-    "eligible_rank",
-    "qualifying_us",
-    "pending_us",
-    "qualifying_orders",
-    "tier_since_us",
-    "last_order_at_us",
-    "region",
-    "tier_changes",
-)
+_TIERS = tuple(TIER_COLUMNS)  # the stored state's columns, as the online path reads them
 
 
 def _among(

@@ -256,17 +256,7 @@ class RowChecker:
 
 
 #: The fields :meth:`RowChecker._valid_text_row` reads, in the order it unpacks them.
-_TEXT_FIELDS = (
-    "event_id",
-    "event_type",
-    "order_id",
-    "customer_id",
-    "occurred_at",
-    "amount",
-    "currency",
-    "channel",
-    "region",
-)
+_TEXT_FIELDS = EVENT_FIELDS
 
 
 def admit(
