@@ -250,8 +250,10 @@ def _stateless_sql(policy: Policy, as_of_us: int) -> str:
     ``ok`` marks the rows the rules see (valid, at or before ``as_of``); later rows
     stay with ``ok`` false rather than being filtered out here, because a filter on
     ``reason`` would evaluate every per-row check twice. ``currency`` and ``channel``
-    are kept as read for the replay checks. Reject details are written later, only
-    for rejected rows (see ``_rejects_sql``).
+    are kept as read for the replay checks, and the 64-bit hashes of ``event_id`` and
+    ``order_id`` (``event_hash``, ``order_hash``) are computed once here for the
+    ledger's searches for repeated ids. Reject details are written later, only for
+    rejected rows (see ``_rejects_sql``).
     """
     priced = f"kind <> {CANCELLED}"
     amount_us = f"CAST(floor(amount_num * rate * 1e6 + {_double(0.5)}) AS BIGINT)"
@@ -277,7 +279,7 @@ def _stateless_sql(policy: Policy, as_of_us: int) -> str:
            CASE WHEN reason IS NULL AND {priced} THEN {amount_us} ELSE 0 END AS amount_us,
            coalesce(region, '') AS region, currency, channel,
            reason IS NULL AND at_us <= {as_of_us} AS ok,
-           reason
+           reason, hash(event_id) AS event_hash, hash(order_id) AS order_hash
     FROM judged
     """
 
@@ -315,7 +317,10 @@ def _repeated_hashes(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     DuckDB hash table (nearly every id is unique, so the table would hold them all).
     """
     values = con.sql(sql).to_arrow_table().column(0).to_numpy()
-    values = np.sort(values)
+    if values.flags.writeable:  # a fresh copy (DuckDB returns many chunks): sort it in place
+        values.sort()
+    else:
+        values = np.sort(values)
     repeated = np.unique(values[1:][values[1:] == values[:-1]])
     return pa.table({"h": pa.array(repeated, type=pa.uint64())})
 
@@ -336,7 +341,7 @@ def _ledger_sql() -> tuple[list[str], list[str]]:
         WITH candidates AS (
             SELECT * REPLACE (upper(coalesce(currency, '')) AS currency, coalesce(channel, '') AS channel)
             FROM checked
-            WHERE ok AND hash(event_id) IN (SELECT h FROM repeated_events)
+            WHERE ok AND event_hash IN (SELECT h FROM repeated_events)
         ), repeated AS (
             SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY {content}, row) AS copy
             FROM candidates
@@ -357,7 +362,7 @@ def _ledger_sql() -> tuple[list[str], list[str]]:
                row_number() OVER (PARTITION BY order_id ORDER BY at_us, event_id) AS nth,
                first_value(event_id) OVER (PARTITION BY order_id ORDER BY at_us, event_id) AS first_event_id
         FROM unique_events
-        WHERE event_type = {PLACED} AND hash(order_id) IN (SELECT h FROM repeated_orders)
+        WHERE event_type = {PLACED} AND order_hash IN (SELECT h FROM repeated_orders)
         """,
         # Second placements of an order are dropped the same way.
         "UPDATE checked SET ok = false WHERE row IN (SELECT row FROM placed_repeats WHERE nth > 1)",
@@ -370,7 +375,11 @@ def _ledger_sql() -> tuple[list[str], list[str]]:
                  WHEN o.order_id IS NULL OR o.at_us > a.at_us THEN 'unknown_order'
                  WHEN o.customer_id <> a.customer_id THEN 'customer_mismatch'
                END AS reason
-        FROM unique_events a LEFT JOIN placed_orders o ON o.order_id = a.order_id
+        FROM unique_events a LEFT JOIN (
+            -- only orders that are adjusted: a cheap filter on the hash before the join on text
+            SELECT * FROM placed_orders
+            WHERE order_hash IN (SELECT order_hash FROM unique_events WHERE event_type <> {PLACED})
+        ) o ON o.order_id = a.order_id
         WHERE a.event_type <> {PLACED}
         """,
     ]
@@ -380,15 +389,17 @@ def _ledger_sql() -> tuple[list[str], list[str]]:
 def _ledger(con: duckdb.DuckDBPyConnection) -> None:
     """Run ``_ledger_sql``: replays of ``event_id`` first, then repeated orders among the rest."""
     replays, orders = _ledger_sql()
-    con.register("repeated_events", _repeated_hashes(con, "SELECT hash(event_id) FROM checked WHERE ok"))
+    con.register("repeated_events", _repeated_hashes(con, "SELECT event_hash FROM checked WHERE ok"))
     for sql in replays:
         con.execute(sql)
     con.register(
         "repeated_orders",
-        _repeated_hashes(con, f"SELECT hash(order_id) FROM unique_events WHERE event_type = {PLACED}"),
+        _repeated_hashes(con, f"SELECT order_hash FROM unique_events WHERE event_type = {PLACED}"),
     )
     for sql in orders:
         con.execute(sql)
+    for column in ("event_hash", "order_hash"):  # done with: free them before the big sort
+        con.execute(f"ALTER TABLE checked DROP COLUMN {column}")
 
 
 def _rejects_sql(types: dict[str, str]) -> list[str]:
@@ -747,12 +758,12 @@ def _run_kernel(
     on_rows = np.repeat(steady, np.diff(np.append(starts, len(orders["ckey"]))))
     parts = []
     if steady.any():
-        names = ("ckey", "placed_at_us", "counted_us", "rkey")
-        short = [orders[name] if steady.all() else orders[name][on_rows] for name in names]
+        # Every customer takes the short path (cheaper than picking the steady ones out of
+        # ten million rows); the others' results are overwritten by their full replay below.
         parts.append(replay_steady_customers(
-            *short, buffer_us=policy.buffer_us, thresholds=thresholds, min_orders=min_orders, as_of_us=as_of_us,
+            orders["ckey"], orders["placed_at_us"], orders["counted_us"], orders["rkey"],
+            buffer_us=policy.buffer_us, thresholds=thresholds, min_orders=min_orders, as_of_us=as_of_us,
         ))
-        del short
     rest = orders if not steady.any() else {name: values[~on_rows] for name, values in orders.items()}
     for start, stop in _customer_chunks(rest["ckey"], KERNEL_CHUNK_ORDERS):
         chunk = _slice(rest, start, stop)
