@@ -11,16 +11,12 @@
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
 from serving.errors import Problem
@@ -28,7 +24,7 @@ from serving.models import ModelSet, predict_frame
 from tier_ml.money import micros_to_instant
 from tier_ml.policy import Policy
 from tier_ml.store.unit_of_work import UnitOfWork, run_in_transaction
-from tier_ml.store.views import customer_tiers, ledger_rows, segment_page, store_version
+from tier_ml.store.views import customer_tiers, segment_page, store_version
 
 
 def _features_module() -> Any:
@@ -36,10 +32,11 @@ def _features_module() -> Any:
         import features
     except ImportError as exc:  # pragma: no cover - the package ships with tier-ml
         raise Problem(503, f"the features package is not available: {exc}") from None
-    needed = ("build_features", "store_customer_features")
+    needed = ("store_customer_features", "store_batch_features")
     if not all(hasattr(features, name) for name in needed):
         raise Problem(
-            503, "the features package does not provide build_features/store_customer_features yet"
+            503,
+            "the features package does not provide store_customer_features/store_batch_features",
         )
     return features
 
@@ -62,32 +59,7 @@ def batch_features(
     knows (tests prove the rows equal ``build_features`` over the same ledger rows).
     """
     features = _features_module()
-    if not hasattr(features, "store_batch_features"):  # pragma: no cover - ships together
-        return ledger_batch_features(engine, customer_ids, policy, now_us)
     return features.store_batch_features(engine, customer_ids, policy, micros_to_instant(now_us))
-
-
-def ledger_batch_features(
-    engine: Engine, customer_ids: list[str], policy: Policy, now_us: int
-) -> pd.DataFrame:
-    """The same rows through the canonical batch path: the customers' ledger rows as text,
-    through ``features.build_features`` (the reference the store path is tested against).
-
-    The rows go as a Parquet file of text columns in a temporary folder: from a DataFrame
-    the batch engine first turns every cell into a string in Python.
-    """
-    features = _features_module()
-    events = ledger_rows(engine, customer_ids)
-    if events.empty:
-        return pd.DataFrame(columns=["customer_id"])
-    as_of = micros_to_instant(now_us)
-    table = _text_table(events)
-    if table is None:
-        return features.build_features(events, policy, as_of)
-    with tempfile.TemporaryDirectory(prefix="tier-ml-serving-") as folder:
-        path = Path(folder) / "ledger.parquet"
-        pq.write_table(table, path, compression="none")
-        return features.build_features(path, policy, as_of)
 
 
 def effective_tiers(engine: Engine, customer_ids: list[str], now_us: int) -> dict[str, str]:
@@ -117,15 +89,6 @@ def effective_tiers(engine: Engine, customer_ids: list[str], now_us: int) -> dic
         fresh = customer_tiers(engine, due, now_us)
         tiers.update(zip(fresh["customer_id"].astype(str), fresh["tier"], strict=True))
     return tiers
-
-
-def _text_table(events: pd.DataFrame) -> pa.Table | None:
-    """The ledger rows as an Arrow table of text columns (None when a value is not text)."""
-    schema = pa.schema([(str(name), pa.string()) for name in events.columns])
-    try:
-        return pa.Table.from_pandas(events, schema=schema, preserve_index=False)
-    except (pa.ArrowException, TypeError, ValueError):
-        return None
 
 
 def score(models: ModelSet, frame: pd.DataFrame, top_reasons: int) -> pd.DataFrame:

@@ -21,8 +21,9 @@ from fastapi.testclient import TestClient
 from serving.app import create_app
 from serving.models import CHURN, TIER_CHANGE, ModelSet, load_model_set, predict_frame
 from serving.schemas import CustomerOut
-from serving.scoring import batch_features, customer_features, ledger_batch_features
+from serving.scoring import batch_features, customer_features
 from tests.e2e import serving_support as support
+from tests.integration.ledger_reference import ledger_batch_features
 from tier_ml.money import instant_to_micros
 from tier_ml.store.service import active_policy, export_tiers, open_store, set_override
 
@@ -150,19 +151,6 @@ def test_every_output_column_is_passed_through(
             model.direct.context, frame[list(model.input_columns)]
         )
         assert set(raw.columns) - {"reasons"} <= set(plain.columns)
-
-
-def test_batch_features_from_parquet_equal_the_dataframe_path(
-    engine: Any, customer_ids: list[str]
-) -> None:
-    import features
-    from tier_ml.money import micros_to_instant
-    from tier_ml.store.views import ledger_rows
-
-    policy = active_policy(engine).policy
-    ids = customer_ids[:300]
-    expected = features.build_features(ledger_rows(engine, ids), policy, micros_to_instant(NOW_US))
-    pd.testing.assert_frame_equal(ledger_batch_features(engine, ids, policy, NOW_US), expected)
 
 
 def test_store_batch_path_gives_the_predictions_of_the_ledger_path(

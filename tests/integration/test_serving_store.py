@@ -104,7 +104,8 @@ def test_store_batch_features_equal_the_ledger_path(engine) -> None:  # noqa: F8
     an overridden customer and unknown ids included. The service's ``effective_tiers`` equals
     ``customer_tiers``."""
     import features
-    from serving.scoring import effective_tiers, ledger_batch_features
+    from serving.scoring import effective_tiers
+    from tests.integration.ledger_reference import ledger_batch_features
     from tests.unit.test_features import assert_same_features
     from tier_ml.events import frame_records
     from tier_ml.simulate import SimulationConfig, simulate
@@ -134,7 +135,8 @@ def test_store_batch_features_under_a_grandfathered_policy(engine) -> None:  # n
     floor, which changes the effective tier and its ``since``), the store path still equals
     the canonical path: states held up by a floor are replayed, not reused."""
     import features
-    from serving.scoring import effective_tiers, ledger_batch_features
+    from serving.scoring import effective_tiers
+    from tests.integration.ledger_reference import ledger_batch_features
     from tests.unit.test_features import assert_same_features
     from tier_ml.events import frame_records
     from tier_ml.policy import load_policy, parse_policy
