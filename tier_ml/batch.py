@@ -131,7 +131,29 @@ def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.Data
     ]
     if missing:
         raise EventReadError(f"{source}: missing required columns {missing}; found {sorted(types)}")
-    con.execute(f"CREATE OR REPLACE TEMP VIEW src AS SELECT {_source_columns(types)} FROM src_raw")
+    kept = ', "amount" AS amount_raw' if keeps_raw_fields(types) else ""
+    con.execute(f"CREATE OR REPLACE TEMP VIEW src AS SELECT {_source_columns(types)}{kept} FROM src_raw")
+
+
+#: Source column types whose text the engine can rebuild exactly from what validation keeps.
+_REBUILT_TIMES = {
+    "TIMESTAMP WITH TIME ZONE": "CAST(CAST(make_timestamp({at}) AS TIMESTAMPTZ) AS VARCHAR)",
+    "TIMESTAMP": "CAST(make_timestamp({at}) AS VARCHAR)",
+    "DATE": "CAST(CAST(make_timestamp({at}) AS DATE) AS VARCHAR)",
+}
+_NUMERIC_TYPES = ("DOUBLE", "FLOAT", "BIGINT", "INTEGER", "SMALLINT", "TINYINT", "HUGEINT", "DECIMAL(")
+
+
+def keeps_raw_fields(types: dict[str, str]) -> bool:
+    """Whether rejects can be written without reading the source again (see ``_rejects_sql``).
+
+    True for typed sources (Parquet with a timestamp or date ``occurred_at`` and a numeric
+    ``amount``): every field of a row is then text validation keeps anyway, or rebuilt
+    exactly from its typed value. Text sources (CSV, a DataFrame) keep their raw time and
+    amount text only in the source, so their rejected rows are read from it again.
+    """
+    amount = types.get("amount", "")
+    return types.get("occurred_at") in _REBUILT_TIMES and amount.startswith(_NUMERIC_TYPES)
 
 
 def _source_columns(types: dict[str, str]) -> str:
@@ -165,8 +187,11 @@ def _field_expr(name: str, column_type: str | None) -> str:
     typed = column_type is not None and column_type not in ("VARCHAR", "BOOLEAN")
     missing = f'"{name}" IS NULL' if typed else f"{_text_expr(name, column_type)} IS NULL"
     if name == "occurred_at":
-        if typed and column_type.startswith("TIMESTAMP"):
+        if typed and column_type in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE"):
             parsed = f'epoch_us("{name}")'
+        elif typed and column_type.startswith("TIMESTAMP"):  # _NS, _MS, _S (pandas writes _NS)
+            zoned = "TIME ZONE" in column_type or column_type.startswith("TIMESTAMPTZ")
+            parsed = f'epoch_us(CAST("{name}" AS {"TIMESTAMPTZ" if zoned else "TIMESTAMP"}))'
         elif typed and column_type == "DATE":
             parsed = f'epoch_us(CAST("{name}" AS TIMESTAMP))'
         else:
@@ -244,7 +269,7 @@ def _rate_sql(policy: Policy, column: str) -> str:
     return f"CASE {column} {whens} ELSE CASE upper({column}) {whens} END END"
 
 
-def _stateless_sql(policy: Policy, as_of_us: int) -> str:
+def _stateless_sql(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str:
     """Per-row checks, in the same order as ``tier_ml.events.check_row``, into one table.
 
     ``ok`` marks the rows the rules see (valid, at or before ``as_of``); later rows
@@ -253,9 +278,16 @@ def _stateless_sql(policy: Policy, as_of_us: int) -> str:
     are kept as read for the replay checks, and the 64-bit hashes of ``event_id`` and
     ``order_id`` (``event_hash``, ``order_hash``) are computed once here for the
     ledger's searches for repeated ids. Reject details are written later, only for
-    rejected rows (see ``_rejects_sql``).
+    rejected rows (see ``_rejects_sql``). With ``keep_raw`` (a typed source, see
+    ``keeps_raw_fields``) two more columns keep what the rejects need of the source:
+    ``amount_raw`` as read and ``event_type_text``, the event type's text unless it is
+    exactly one of the three names (so nearly always NULL).
     """
     priced = f"kind <> {CANCELLED}"
+    kept = (
+        ", amount_raw, CASE WHEN event_type IN ('placed', 'refunded', 'cancelled') THEN NULL "
+        "ELSE event_type END AS event_type_text" if keep_raw else ""
+    )
     amount_us = f"CAST(floor(amount_num * rate * 1e6 + {_double(0.5)}) AS BIGINT)"
     return f"""
     CREATE OR REPLACE TEMP TABLE checked AS
@@ -279,7 +311,7 @@ def _stateless_sql(policy: Policy, as_of_us: int) -> str:
            CASE WHEN reason IS NULL AND {priced} THEN {amount_us} ELSE 0 END AS amount_us,
            coalesce(region, '') AS region, currency, channel,
            reason IS NULL AND at_us <= {as_of_us} AS ok,
-           reason, hash(event_id) AS event_hash, hash(order_id) AS order_hash
+           reason, hash(event_id) AS event_hash, hash(order_id) AS order_hash{kept}
     FROM judged
     """
 
@@ -402,13 +434,33 @@ def _ledger(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE checked DROP COLUMN {column}")
 
 
+def _kept_fields_sql(types: dict[str, str]) -> str:
+    """The select list of ``src`` (fields as read, plus the parsed values the reject details
+    use), rebuilt from the columns of ``checked`` for a typed source (``keeps_raw_fields``)."""
+    names = {CANCELLED: "cancelled", PLACED: "placed", REFUNDED: "refunded"}
+    kind_name = "CASE event_type " + " ".join(f"WHEN {c} THEN '{n}'" for c, n in names.items()) + " END"
+    amount = "CAST(amount_raw AS DOUBLE)"
+    return (
+        f"row, event_id, coalesce(event_type_text, {kind_name}) AS event_type, order_id, customer_id, "
+        f"{_REBUILT_TIMES[types['occurred_at']].format(at='at_us')} AS occurred_at, "
+        "CAST(amount_raw AS VARCHAR) AS amount, currency, channel, nullif(region, '') AS region, "
+        "at_us IS NULL AS occurred_at_missing, at_us, amount_raw IS NULL AS amount_missing, "
+        f"CASE WHEN isfinite({amount}) THEN {amount} END AS amount_num"
+    )
+
+
 def _rejects_sql(types: dict[str, str]) -> list[str]:
     """Every rejected row with its reason, detail and fields as read.
 
-    The fields are computed for the rejected rows only (picked from ``src_raw``
-    first), not for the whole input.
+    The fields are computed for the rejected rows only, not for the whole input: from
+    ``checked`` when it kept them (a typed source, see ``keeps_raw_fields``), else picked
+    from the source by reading it again.
     """
     raw_fields = ", ".join(f"s.{n}" for n in EVENT_FIELDS)
+    picked = (
+        f"SELECT {_kept_fields_sql(types)} FROM checked"
+        if keeps_raw_fields(types) else f"SELECT {_source_columns(types)} FROM src_raw"
+    )
     return [f"""
     CREATE OR REPLACE TEMP TABLE reject_reasons AS
         SELECT row, reason, NULL AS detail FROM checked WHERE reason IS NOT NULL
@@ -430,9 +482,7 @@ def _rejects_sql(types: dict[str, str]) -> list[str]:
         FROM adjustments WHERE reason IS NOT NULL
     """, f"""
     CREATE OR REPLACE TEMP TABLE rejects AS
-    WITH picked AS (
-        SELECT {_source_columns(types)} FROM src_raw WHERE row IN (SELECT row FROM reject_reasons)
-    )
+    WITH picked AS ({picked} WHERE row IN (SELECT row FROM reject_reasons))
     SELECT f.row, f.reason, coalesce(f.detail, {_stateless_detail_sql()}) AS detail, {raw_fields}
     FROM reject_reasons f JOIN picked s ON s.row = f.row
     ORDER BY f.row, f.reason
@@ -900,7 +950,7 @@ def run_pipeline(
     """Run every stage; leaves tables ``tiers_out``, ``customer_state`` and ``rejects`` in ``con``."""
     register_source(con, source)
     stages: dict[str, Callable[[], None]] = {
-        "validate": lambda: con.execute(_stateless_sql(policy, as_of_us)),
+        "validate": lambda: con.execute(_stateless_sql(policy, as_of_us, keeps_raw_fields(_raw_types(con)))),
         "ledger": lambda: _ledger(con),
         "rejects": lambda: [con.execute(sql) for sql in _rejects_sql(_raw_types(con))],
         "orders": lambda: [con.execute(sql) for sql in _orders_sql(policy, as_of_us)],
