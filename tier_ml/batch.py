@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,17 +343,19 @@ def _stateless_detail_sql() -> str:
 _CONTENT = ("at_us", "event_type", "order_id", "customer_id", "amount_us", "currency", "channel", "region")
 
 
-def _repeated_hashes(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
-    """The 64-bit hashes that ``sql`` returns more than once, as a one-column table ``h``.
+def _hashes(con: duckdb.DuckDBPyConnection, sql: str) -> np.ndarray:
+    """The one 64-bit column ``sql`` returns, as a numpy array the caller may sort in place."""
+    values = con.sql(sql).to_arrow_table().column(0).to_numpy()
+    return values if values.flags.writeable else values.copy()
+
+
+def _repeated(values: np.ndarray) -> pa.Table:
+    """The hashes found more than once in ``values`` (sorted in place), as a one-column table ``h``.
 
     Sorting ten million integers in numpy costs about half of grouping them in a
     DuckDB hash table (nearly every id is unique, so the table would hold them all).
     """
-    values = con.sql(sql).to_arrow_table().column(0).to_numpy()
-    if values.flags.writeable:  # a fresh copy (DuckDB returns many chunks): sort it in place
-        values.sort()
-    else:
-        values = np.sort(values)
+    values.sort()
     repeated = np.unique(values[1:][values[1:] == values[:-1]])
     return pa.table({"h": pa.array(repeated, type=pa.uint64())})
 
@@ -421,13 +424,18 @@ def _ledger_sql() -> tuple[list[str], list[str]]:
 def _ledger(con: duckdb.DuckDBPyConnection) -> None:
     """Run ``_ledger_sql``: replays of ``event_id`` first, then repeated orders among the rest."""
     replays, orders = _ledger_sql()
-    con.register("repeated_events", _repeated_hashes(con, "SELECT event_hash FROM checked WHERE ok"))
+    # Orders placed more than once are looked for before replays are dropped: a replayed
+    # placement adds a candidate (compared by text later), and the two sorts, which
+    # release the GIL, run side by side.
+    events = _hashes(con, "SELECT event_hash FROM checked WHERE ok")
+    placed = _hashes(con, f"SELECT order_hash FROM checked WHERE ok AND event_type = {PLACED}")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        repeated_events, repeated_orders = pool.map(_repeated, [events, placed])
+    del events, placed
+    con.register("repeated_events", repeated_events)
+    con.register("repeated_orders", repeated_orders)
     for sql in replays:
         con.execute(sql)
-    con.register(
-        "repeated_orders",
-        _repeated_hashes(con, f"SELECT order_hash FROM unique_events WHERE event_type = {PLACED}"),
-    )
     for sql in orders:
         con.execute(sql)
     for column in ("event_hash", "order_hash"):  # done with: free them before the big sort
@@ -1060,3 +1068,15 @@ def _as_text_columns(frame: pd.DataFrame) -> pd.DataFrame:
 def _iso(instant: Any) -> str:
     text = instant.strftime("%Y-%m-%dT%H:%M:%S.%f").removesuffix(".000000")
     return text + "Z"
+
+
+def classify_states(policy: Policy, source: str | Path | pd.DataFrame, as_of_us: int) -> pa.Table:
+    """Classify and return the engine's own state per customer (table ``customer_state``:
+    tier indexes, integer micro-units, epoch microseconds), not the rounded text of
+    ``tiers_out``: the tier store's policy re-apply stores these values exactly."""
+    con = connect()
+    try:
+        run_pipeline(con, policy, source, as_of_us)
+        return con.sql("SELECT * FROM customer_state").to_arrow_table()
+    finally:
+        con.close()
