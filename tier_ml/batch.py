@@ -1062,6 +1062,8 @@ def _as_text_columns(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     for name in ("tier_since", "last_order_at", "grace_ends_at", "next_change_at"):
         frame[name] = frame[name].map(lambda v: None if v is None or pd.isna(v) else _iso(v))
+    for name in ("qualifying_spend", "pending_spend", "spend_to_next_tier"):
+        frame[name] = frame[name].map(lambda v: None if v is None or pd.isna(v) else f"{v:.2f}")
     return frame
 
 

@@ -36,6 +36,7 @@ def test_classify_writes_tiers_and_rejects(tmp_path: Path) -> None:
                                  "--out", str(reference), "--engine", "reference"])
     assert result.exit_code == 0, result.output
     pd.testing.assert_frame_equal(pd.read_csv(reference), tiers, check_dtype=False)
+    assert reference.read_bytes() == out.read_bytes()  # the same file, byte for byte
 
 
 def test_classify_parquet_and_jsonl_inputs_agree(tmp_path: Path) -> None:
