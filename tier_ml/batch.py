@@ -15,6 +15,13 @@ Those instants are the grace ends (``p + grace`` for a placement not followed
 by another within the grace period) and any step at which the customer is past
 their grace period. The SQL below is written in plain window functions so the
 same statements port to other SQL engines.
+
+Other engines build on the stages, not on a copy of them: the Spark engine
+(``tier_ml.engines.spark``) runs ``stateless_sql`` per partition and
+``orders_sql`` + ``replay_stage`` + ``output_sql`` per bucket of customers, and
+the feature pipeline (``features.build``) reads the tables ``run_pipeline``
+documents through its ``on_stage`` hook. Those names (without a leading
+underscore) are the engine's interface; everything else here may change.
 """
 
 from __future__ import annotations
@@ -87,7 +94,7 @@ def connect(
 # --- reading ------------------------------------------------------------------------------------
 
 
-def _quote(value: str) -> str:
+def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -112,7 +119,7 @@ def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.Data
         kind = detect_format(path)
         if not path.is_file():
             raise EventReadError(f"{path}: no such events file")
-        quoted = _quote(str(path))
+        quoted = sql_literal(str(path))
         if kind == "parquet":
             scan = f"SELECT file_row_number + 1 AS row, * EXCLUDE (file_row_number) FROM read_parquet({quoted}, file_row_number = true)"
         elif kind == "csv":
@@ -159,7 +166,7 @@ def keeps_raw_fields(types: dict[str, str]) -> bool:
 
 def _source_columns(types: dict[str, str]) -> str:
     """The select list of view ``src`` over ``src_raw`` (whose column types are ``types``)."""
-    return ", ".join(["row"] + [_field_expr(name, types.get(name)) for name in EVENT_FIELDS])
+    return ", ".join(["row"] + [field_expr(name, types.get(name)) for name in EVENT_FIELDS])
 
 
 def _raw_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -180,7 +187,7 @@ def _text_expr(name: str, column_type: str | None) -> str:
     )
 
 
-def _field_expr(name: str, column_type: str | None) -> str:
+def field_expr(name: str, column_type: str | None) -> str:
     """Text of a field; for time and amount also ``*_missing`` and typed ``at_us``/``amount_num``."""
     text = f"{_text_expr(name, column_type)} AS {name}"
     if name not in ("occurred_at", "amount"):
@@ -198,7 +205,7 @@ def _field_expr(name: str, column_type: str | None) -> str:
         else:
             raw = _text_expr(name, column_type)
             parsed = (
-                f"CASE WHEN regexp_full_match({raw}, {_quote(TIME_PATTERN)}) "
+                f"CASE WHEN regexp_full_match({raw}, {sql_literal(TIME_PATTERN)}) "
                 f"THEN epoch_us(TRY_CAST({raw} AS TIMESTAMPTZ)) END"
             )
         return f"{text}, {missing} AS occurred_at_missing, {parsed} AS at_us"
@@ -207,7 +214,7 @@ def _field_expr(name: str, column_type: str | None) -> str:
     else:
         raw = _text_expr(name, column_type)
         parsed = (
-            f"CASE WHEN regexp_full_match({raw}, {_quote(AMOUNT_PATTERN)}) "
+            f"CASE WHEN regexp_full_match({raw}, {sql_literal(AMOUNT_PATTERN)}) "
             f"THEN TRY_CAST({raw} AS DOUBLE) END"
         )
     return (
@@ -233,7 +240,7 @@ def _threshold_case(policy: Policy, tier_expr: str, region_expr: str) -> str:
 
     if not policy.regions:
         return ladder(None)
-    regional = " ".join(f"WHEN {_quote(r)} THEN {ladder(r)}" for r in policy.regions)
+    regional = " ".join(f"WHEN {sql_literal(r)} THEN {ladder(r)}" for r in policy.regions)
     return f"CASE {region_expr} {regional} ELSE {ladder(None)} END"
 
 
@@ -252,7 +259,7 @@ def _eligible_case(policy: Policy, spend: str, orders: str, region: str) -> str:
 
     if not policy.regions:
         return ladder(None)
-    regional = " ".join(f"WHEN {_quote(r)} THEN {ladder(r)}" for r in policy.regions)
+    regional = " ".join(f"WHEN {sql_literal(r)} THEN {ladder(r)}" for r in policy.regions)
     return f"CASE {region} {regional} ELSE {ladder(None)} END"
 
 
@@ -266,11 +273,11 @@ _KIND_CODE = f"CASE event_type {_KINDS} ELSE CASE lower(event_type) {_KINDS} END
 def _rate_sql(policy: Policy, column: str) -> str:
     """The fx rate of ``column`` (exact code first, then upper-cased), NULL when the policy has none."""
     rates = {policy.base_currency: 1.0, **policy.fx_rates}
-    whens = " ".join(f"WHEN {_quote(code)} THEN {_double(rate)}" for code, rate in rates.items())
+    whens = " ".join(f"WHEN {sql_literal(code)} THEN {_double(rate)}" for code, rate in rates.items())
     return f"CASE {column} {whens} ELSE CASE upper({column}) {whens} END END"
 
 
-def _stateless_sql(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str:
+def stateless_sql(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str:
     """Per-row checks, in the same order as ``tier_ml.events.check_row``, into one table.
 
     ``ok`` marks the rows the rules see (valid, at or before ``as_of``); later rows
@@ -317,7 +324,7 @@ def _stateless_sql(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str
     """
 
 
-def _stateless_detail_sql() -> str:
+def stateless_detail_sql() -> str:
     """The detail of a per-row reject, from the raw fields of ``src`` aliased ``s``."""
     kind = _KIND_CODE.replace("event_type", "s.event_type")
     q = "'''"  # a quote inside a SQL string literal
@@ -340,7 +347,7 @@ def _stateless_detail_sql() -> str:
 
 
 # Content that decides which copy of a replayed event_id is kept (as in tier_ml.events).
-_CONTENT = ("at_us", "event_type", "order_id", "customer_id", "amount_us", "currency", "channel", "region")
+REPLAY_CONTENT = ("at_us", "event_type", "order_id", "customer_id", "amount_us", "currency", "channel", "region")
 
 
 def _hashes(con: duckdb.DuckDBPyConnection, sql: str) -> np.ndarray:
@@ -367,9 +374,9 @@ def _ledger_sql() -> tuple[list[str], list[str]]:
     ``repeated_orders``, see ``_ledger``); the few candidates are then compared by
     their text, so a hash collision only adds a candidate.
     """
-    content = ", ".join(_CONTENT)
-    mine = ", ".join(f"r.{c}" for c in _CONTENT)
-    first = ", ".join(f"f.{c}" for c in _CONTENT)
+    content = ", ".join(REPLAY_CONTENT)
+    mine = ", ".join(f"r.{c}" for c in REPLAY_CONTENT)
+    first = ", ".join(f"f.{c}" for c in REPLAY_CONTENT)
     replays = [
         f"""
         CREATE OR REPLACE TEMP TABLE copies AS
@@ -491,13 +498,13 @@ def _rejects_sql(types: dict[str, str]) -> list[str]:
     """, f"""
     CREATE OR REPLACE TEMP TABLE rejects AS
     WITH picked AS ({picked} WHERE row IN (SELECT row FROM reject_reasons))
-    SELECT f.row, f.reason, coalesce(f.detail, {_stateless_detail_sql()}) AS detail, {raw_fields}
+    SELECT f.row, f.reason, coalesce(f.detail, {stateless_detail_sql()}) AS detail, {raw_fields}
     FROM reject_reasons f JOIN picked s ON s.row = f.row
     ORDER BY f.row, f.reason
     """, "DROP TABLE reject_reasons"]
 
 
-def _orders_sql(policy: Policy, as_of_us: int) -> list[str]:
+def orders_sql(policy: Policy, as_of_us: int) -> list[str]:
     """Per order: what its refunds and cancels remove (definition 1 of ``tier_ml.rules``).
 
     Leaves ``order_adjustments`` (one row per adjusted order) and ``late_steps`` (late
@@ -555,7 +562,7 @@ def _placements_sql(policy: Policy, key: str, extra: str, tie: str) -> str:
     buffer, window = policy.buffer_us, policy.window_us
     counts = "TRUE" if window is None else f"{window} > {buffer}"
     exit_removed = "removed_before_exit" if policy.late_refunds == "deduct" else "removed_at_maturity"
-    ladder = " ".join(f"WHEN {_quote(r)} THEN {i}" for i, r in enumerate(_ladder_regions(policy), start=1))
+    ladder = " ".join(f"WHEN {sql_literal(r)} THEN {i}" for i, r in enumerate(_ladder_regions(policy), start=1))
     at_exit = "" if window is None else (
         f", CASE WHEN {counts} AND o.amount_us > coalesce(a.removed_at_maturity, 0) "
         f"THEN o.amount_us - coalesce(a.{exit_removed}, 0) ELSE 0 END AS at_exit"
@@ -870,7 +877,7 @@ def _steady_customers(
     return steady
 
 
-def _replay(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> None:
+def replay_stage(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> None:
     """Replay every customer with the numpy kernel and store table ``customer_state``."""
     placements = _sorted_placements(con, policy)
     late = _late_steps(con, placements)
@@ -909,8 +916,8 @@ def _replay(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> No
         con.unregister("kernel_state")
 
 
-def _output_sql(policy: Policy) -> str:
-    names = "[" + ", ".join(_quote(n) for n in policy.tier_names) + "]"
+def output_sql(policy: Policy) -> str:
+    names = "[" + ", ".join(sql_literal(n) for n in policy.tier_names) + "]"
     top = len(policy.tiers) - 1
     next_threshold = _threshold_case(policy, "tier + 1", "region")
 
@@ -955,15 +962,25 @@ def run_pipeline(
     as_of_us: int,
     on_stage: Callable[[str], None] | None = None,
 ) -> None:
-    """Run every stage; leaves tables ``tiers_out``, ``customer_state`` and ``rejects`` in ``con``."""
+    """Run every stage; leaves tables ``tiers_out``, ``customer_state`` and ``rejects`` in ``con``.
+
+    ``on_stage(name)`` is called after each stage of ``PIPELINE_STAGES``. What a hook
+    may read: after ``validate``, view ``src`` (the source as text, one row per input
+    row); after ``orders`` (and until ``replay`` frees them), view ``placed_orders``
+    (valid placements at or before ``as_of``, replays and repeated orders removed:
+    ``row, event_id, order_id, customer_id, at_us, amount_us, region, currency,
+    channel``) and table ``adjustments`` (refunds and cancels with ``reason`` NULL
+    when valid); after ``replay``, table ``customer_state`` (one row per customer, in
+    micro-units and epoch microseconds).
+    """
     register_source(con, source)
     stages: dict[str, Callable[[], None]] = {
-        "validate": lambda: con.execute(_stateless_sql(policy, as_of_us, keeps_raw_fields(_raw_types(con)))),
+        "validate": lambda: con.execute(stateless_sql(policy, as_of_us, keeps_raw_fields(_raw_types(con)))),
         "ledger": lambda: _ledger(con),
         "rejects": lambda: [con.execute(sql) for sql in _rejects_sql(_raw_types(con))],
-        "orders": lambda: [con.execute(sql) for sql in _orders_sql(policy, as_of_us)],
-        "replay": lambda: _replay(con, policy, as_of_us),
-        "output": lambda: con.execute(_output_sql(policy)),
+        "orders": lambda: [con.execute(sql) for sql in orders_sql(policy, as_of_us)],
+        "replay": lambda: replay_stage(con, policy, as_of_us),
+        "output": lambda: con.execute(output_sql(policy)),
     }
     for name in PIPELINE_STAGES:
         stages[name]()
@@ -1008,7 +1025,7 @@ def write_table(
     out.parent.mkdir(parents=True, exist_ok=True)
     fmt = "FORMAT PARQUET" if out.suffix.lower() in {".parquet", ".pq"} else "FORMAT CSV, HEADER"
     query = table if order_by is None else f"(SELECT * FROM {table} ORDER BY {order_by})"
-    con.execute(f"COPY {query} TO {_quote(str(out))} ({fmt})")
+    con.execute(f"COPY {query} TO {sql_literal(str(out))} ({fmt})")
 
 
 def classify_to_files(

@@ -7,14 +7,14 @@ customer (spend per order, the tier replay, the output columns). Spark runs each
 link where its key lives:
 
 1. **rows** - ``mapInArrow`` runs the batch path's own per-row SQL
-   (``_stateless_sql``: parsing, reject reasons and their details) on DuckDB
+   (``stateless_sql``: parsing, reject reasons and their details) on DuckDB
    inside every Arrow batch, so text is parsed by exactly the same code;
 2. **event_id, order_id** - three window/join steps in Spark, statement for
    statement the ``_ledger_sql`` of the batch path (they are plain window
    functions: the parts that must see rows of different customers);
 3. **customers** - rows are grouped into buckets of customers
    (``hash(customer_id) mod n``) and every bucket runs the batch path's
-   ``_orders_sql``, the numpy replay kernel and ``_output_sql`` on DuckDB with
+   ``orders_sql``, the numpy replay kernel and ``output_sql`` on DuckDB with
    ``applyInPandas``. The tier replay is path dependent but per customer, so a
    bucket holds everything it needs and money is formatted by the same SQL.
 
@@ -42,20 +42,20 @@ import pandas as pd
 import pyarrow as pa
 
 from tier_ml.batch import (
-    _CONTENT,
     PLACED,
     REFUNDED,
     REJECT_COLUMNS,
+    REPLAY_CONTENT,
     BatchSummary,
-    _field_expr,
-    _orders_sql,
-    _output_sql,
-    _quote,
-    _replay,
-    _stateless_detail_sql,
-    _stateless_sql,
     connect,
+    field_expr,
+    orders_sql,
+    output_sql,
     register_source,
+    replay_stage,
+    sql_literal,
+    stateless_detail_sql,
+    stateless_sql,
 )
 from tier_ml.engines import EngineUnavailableError
 from tier_ml.events import EVENT_FIELDS, REQUIRED_FIELDS, EventReadError, detect_format
@@ -238,7 +238,7 @@ def _src_view(con: Any, batch: pa.RecordBatch) -> None:
     """View ``src`` over one Arrow batch, built like ``tier_ml.batch.register_source``."""
     con.register("src_raw", pa.Table.from_batches([batch]))
     types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE src_raw)").fetchall())
-    columns = ["row"] + [_field_expr(name, types.get(name)) for name in EVENT_FIELDS]
+    columns = ["row"] + [field_expr(name, types.get(name)) for name in EVENT_FIELDS]
     con.execute(f"CREATE OR REPLACE TEMP VIEW src AS SELECT {', '.join(columns)} FROM src_raw")
 
 
@@ -246,8 +246,8 @@ def _check_rows(
     policy: Policy, as_of_us: int
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The per-row stage for ``mapInArrow``: ``checked`` rows plus what the later stages need."""
-    statement = _stateless_sql(policy, as_of_us)
-    detail = _stateless_detail_sql()
+    statement = stateless_sql(policy, as_of_us)
+    detail = stateless_detail_sql()
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         con = connect(threads=1, memory_limit="1GB")
@@ -313,8 +313,8 @@ def build_ledger(checked: DataFrame) -> Ledger:
 
     ok = checked.filter("ok")
     # copies: the smallest content of a repeated event_id is kept (ORDER BY content, row).
-    by_event = Window.partitionBy("event_id").orderBy(*_CONTENT, "row")
-    content = F.struct(*_CONTENT)
+    by_event = Window.partitionBy("event_id").orderBy(*REPLAY_CONTENT, "row")
+    content = F.struct(*REPLAY_CONTENT)
     repeated = ok.select(
         *ok.columns,
         F.row_number().over(by_event).alias("copy"),
@@ -500,11 +500,11 @@ def _classify_bucket(
                 "CAST(row_number() OVER (ORDER BY region) - 1 AS INTEGER) AS rkey "
                 "FROM (SELECT DISTINCT region FROM placed_orders)"
             )
-            for statement in _orders_sql(policy, as_of_us):
+            for statement in orders_sql(policy, as_of_us):
                 con.execute(statement)
-            _replay(con, policy, as_of_us)
+            replay_stage(con, policy, as_of_us)
             if output == "tiers":
-                con.execute(_output_sql(policy))
+                con.execute(output_sql(policy))
             return con.sql(f"SELECT * FROM {table}").to_arrow_table().to_pandas()
         finally:
             con.close()
@@ -749,14 +749,14 @@ def write_frame(frame: DataFrame, out: Path | str, order_by: tuple[str, ...]) ->
         try:
             files = sorted(str(p) for p in parts.glob("*.parquet"))
             if files:
-                scan = f"read_parquet([{', '.join(_quote(f) for f in files)}])"
+                scan = f"read_parquet([{', '.join(sql_literal(f) for f in files)}])"
             else:  # no rows: Spark writes no part; keep the schema from an empty frame
                 empty = frame.limit(0).toPandas()
                 con.register("empty_frame", empty)
                 scan = "empty_frame"
             keys = ", ".join(order_by)
             con.execute(
-                f"COPY (SELECT * FROM {scan} ORDER BY {keys}) TO {_quote(str(path))} ({fmt})"
+                f"COPY (SELECT * FROM {scan} ORDER BY {keys}) TO {sql_literal(str(path))} ({fmt})"
             )
         finally:
             con.close()
