@@ -95,6 +95,7 @@ def connect(
 
 
 def sql_literal(value: str) -> str:
+    """``value`` as a SQL string literal (quotes doubled)."""
     return "'" + value.replace("'", "''") + "'"
 
 
