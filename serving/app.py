@@ -19,7 +19,7 @@ from serving.deps import Services
 from serving.errors import BodyLimitMiddleware, install_error_handlers
 from serving.jobs import JobRunner
 from serving.metrics import LatencyMiddleware, Metrics
-from serving.models import ModelHolder
+from serving.models import ModelHolder, settle_heap
 from serving.routers import audit, customers, events, ops, outbox, policy, predictions, segments
 from serving.scoring import AtRiskCache
 from serving.settings import ServingSettings, load_settings
@@ -87,6 +87,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings, metrics)
         app.state.services = services
+        settle_heap()  # after start-up's allocations: see serving.models.settle_heap
         try:
             yield
         finally:

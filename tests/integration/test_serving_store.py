@@ -164,3 +164,50 @@ def test_store_batch_features_under_a_grandfathered_policy(engine) -> None:  # n
         )
         slow = customer_tiers(engine, ids, at)
         assert effective_tiers(engine, ids, at) == dict(zip(slow["customer_id"], slow["tier"], strict=True))
+
+
+def test_store_batch_features_with_awkward_ledger_text(engine) -> None:  # noqa: F811
+    """Ledger text as delivered: amounts with spaces or an exponent, currencies and channels
+    in odd case and padding, a cancel whose amount is not a number (ignored, as the rules
+    ignore it), and ids and channels holding the packed read's separator (SQLite then reads
+    rows instead). The store path still equals the canonical path."""
+    import features
+    from features.store_batch import _EVENTS, _among, _ledger_columns, _packed_ledger
+    from tests.integration.ledger_reference import ledger_batch_features
+    from tests.unit.test_features import assert_same_features
+    from tier_ml.store.service import active_policy
+    from tier_ml.store.unit_of_work import UnitOfWork
+
+    def event(i: int, customer: str, kind: str = "placed", **fields: str) -> dict[str, str]:
+        base = {"event_id": f"w{i}", "event_type": kind, "order_id": f"w{i}", "customer_id": customer,
+                "occurred_at": f"2025-0{1 + i % 5}-1{i % 9}T08:00:00Z", "amount": "120.10",
+                "currency": "USD", "channel": "web", "region": "US"}  # fmt: skip
+        return {**base, **fields}
+
+    plain = [
+        event(1, "P1", amount=" 12.50 ", currency=" usd ", channel=" Web "),
+        event(2, "P1", amount="1.5e3", channel="POS"),
+        event(3, "P2", amount="99.999999", channel=""),
+        event(4, "P2", "cancelled", order_id="w3", amount="n/a", currency=""),
+        event(5, "P1", "refunded", order_id="w2", amount="2e2"),
+    ]
+    odd = [
+        event(6, "S1", order_id="o,1\x1fx", channel="app\x1fweb"),
+        event(7, "S1", "refunded", order_id="o,1\x1fx", amount="20"),
+    ]
+    apply_events(engine, plain + odd, NOW)
+    policy = active_policy(engine).policy
+    for ids in (["P1", "P2"], ["P1", "P2", "S1", "nobody"]):
+        fast = features.store_batch_features(engine, ids, policy, NOW)
+        assert_same_features(ledger_batch_features(engine, ids, policy, NOW), fast)
+        assert sorted(fast["customer_id"]) == sorted(set(ids) - {"nobody"})
+    if engine.dialect.name == "sqlite":
+        with UnitOfWork(engine, read_only=True) as uow:
+            connection = uow.repo.connection
+            assert _packed_ledger(connection, ["P1", "S1"], scan=True) is None  # separator inside
+            packed = _packed_ledger(connection, ["P1", "P2"], scan=False)
+            sql, params = _among("sqlite", "order_events", _EVENTS, ["P1", "P2"])
+            rows = connection.exec_driver_sql(sql, params).fetchall()
+        assert packed is not None and [c.to_pylist() for c in packed] == [
+            c.to_pylist() for c in _ledger_columns([tuple(r) for r in rows])
+        ]

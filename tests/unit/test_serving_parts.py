@@ -92,3 +92,86 @@ def test_reasons_cell_parsing() -> None:
         and reasons_list(float("nan")) == []
         and reasons_list("not json") == []
     )
+
+
+def _per_row_answer(scored: pd.DataFrame, tier_of: dict[str, str]) -> list[dict]:
+    """The batch answer as the per-row helpers build it (the single-prediction shape)."""
+    from serving.intervals import interval_fields
+    from serving.models import prediction_fields
+
+    return [
+        {
+            "customer_id": str(row["customer_id"]),
+            "as_of": "T",
+            "tier": tier_of.get(str(row["customer_id"])),
+            **prediction_fields(row),
+            **interval_fields(row),
+            "model_versions": {"churn": "1"},
+            "model_kinds": {"churn": "lightgbm"},
+        }
+        for row in scored.to_dict("records")
+    ]
+
+
+@pytest.mark.parametrize("variant", ["plain", "intervals_and_reasons", "object_columns"])
+def test_batch_answer_rows_equal_the_per_row_helpers(variant: str) -> None:
+    """``serving.batch_answer.prediction_rows`` (column-wise) gives the per-row helpers' dicts,
+    key order included: NaN and missing bounds as None, 1 - p_down for keeping the tier,
+    reasons parsed (bad JSON as an empty list), tiers only for known customers."""
+    import json
+    import math
+
+    import msgspec
+
+    from serving.batch_answer import encode, prediction_rows
+
+    scored = pd.DataFrame(
+        {
+            "customer_id": ["C2", "C1", "C3"],
+            "churn_probability": [0.1, 0.2999999999999999, 1e-7],
+            "p_down": [0.25, 0.1, 0.7],
+            "p_same": [0.5, 0.8, 0.2],
+            "p_up": [0.25, 0.1, 0.1],
+        }
+    )
+    if variant != "plain":
+        scored["churn_probability_low"] = [0.05, math.nan, 0.0]
+        scored["churn_probability_high"] = [0.2, math.nan, 0.01]
+        scored["p_down_low"] = [0.2, 0.05, math.nan]
+        scored["p_down_high"] = [0.3, 0.15, math.nan]
+        scored["p_up_high"] = [0.3, 0.12, 0.2]
+        scored["churn_reasons"] = [
+            json.dumps([{"feature": "recency_days", "value": 3.0, "contribution": 0.4}]),
+            "not json",
+            None,
+        ]
+    if variant == "object_columns":
+        scored["p_up_low"] = pd.Series([None, "x", 0.05], dtype=object)
+        scored["churn_probability_low"] = scored["churn_probability_low"].astype(object)
+    tiers = {"C1": "Gold", "C3": "VIP"}
+    rows = prediction_rows(scored, tiers, "T", {"churn": "1"}, {"churn": "lightgbm"})
+    expected = _per_row_answer(scored, tiers)
+    as_dicts = [msgspec.structs.asdict(r) for r in rows]
+    assert [list(r) for r in as_dicts] == [list(e) for e in expected]  # key order
+    assert [{k: list(v) if k.endswith("reasons") else v for k, v in r.items()} for r in as_dicts] == expected
+    assert encode({"predictions": rows}) == encode({"predictions": expected})
+    assert json.loads(encode({"predictions": rows})) == {"predictions": expected}
+
+
+def test_batch_answer_in_request_order() -> None:
+    from serving.batch_answer import in_request_order
+
+    scored = pd.DataFrame({"customer_id": ["A", "B", "C"], "churn_probability": [1.0, 2.0, 3.0]})
+    ordered = in_request_order(scored, ["C", "x", "A", "B"])
+    assert ordered["customer_id"].tolist() == ["C", "A", "B"]
+    assert ordered["churn_probability"].tolist() == [3.0, 1.0, 2.0]
+    assert in_request_order(scored, ["B"])["customer_id"].tolist() == ["B", "A", "C"]
+
+
+def test_settle_heap_freezes_what_is_alive() -> None:
+    import gc
+
+    from serving.models import settle_heap
+
+    settle_heap()
+    assert gc.get_freeze_count() > 0
