@@ -6,6 +6,9 @@
    out) against the floor named by the issue, one hand-written DuckDB query
    computing only recency, frequency and monetary per customer on the same file.
    Reports medians, peak resident memory and the ratio.
+   Then one in-process run of ``features.build_features`` on the same file
+   reports the CPU seconds of each step (the rules engine's stages, the event
+   features captured at its ``orders`` stage, the feature table, the schema check).
 2. The single-customer path from a SQLite tier store: ``store_customer_features``
    for random customers (ledger read, rules replay, features, schema check);
    p50 / p99 latency.
@@ -19,6 +22,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -49,6 +53,49 @@ con.execute(f'''COPY (
     WHERE event_type = 'placed' AND occurred_at <= TIMESTAMPTZ '2025-12-31 23:59:59+00'
     GROUP BY customer_id) TO '{out}' (FORMAT PARQUET)''')
 """
+
+
+STEPS_SCRIPT = """
+import json, resource, sys, time
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+import features.build as fb
+from features.schema import validate_feature_frame
+from tier_ml.events import parse_instant
+from tier_ml.policy import load_policy
+steps, last, captured = [], [cpu()], [0.0]
+capture = fb._capture_aggregates
+def timed_capture(*args, **kwargs):  # the event features, computed inside the engine's orders stage
+    began = cpu()
+    try:
+        return capture(*args, **kwargs)
+    finally:
+        captured[0] += cpu() - began
+fb._capture_aggregates = timed_capture
+def step(name):
+    now = cpu()
+    name = name.split(": ", 1)[-1]
+    if name == "orders":
+        steps.append(["orders", now - last[0] - captured[0]])
+        steps.append(["event features", captured[0]])
+    else:
+        steps.append([name, now - last[0]])
+    last[0] = now
+frame = fb.build_features(sys.argv[1], load_policy(None), parse_instant(sys.argv[2]), validate=False, on_progress=step)
+last[0] = cpu()
+validate_feature_frame(frame)
+step("schema check")
+print(json.dumps(steps))
+"""
+
+
+def step_cpu(source: Path) -> list[tuple[str, float]]:
+    """CPU seconds of each step of one in-process ``build_features`` run (imports excluded)."""
+    out = subprocess.run(
+        [sys.executable, "-c", STEPS_SCRIPT, str(source), CUTOFF], check=True, capture_output=True, text=True
+    ).stdout
+    return [(name, float(seconds)) for name, seconds in json.loads(out.strip().splitlines()[-1])]
 
 
 def timed(command: list[str]) -> tuple[float, float, float]:
@@ -129,7 +176,11 @@ def batch(customers: int, runs: int) -> dict[str, object]:
                 check=True, capture_output=True, text=True,
             ).stdout
         )
-    return {"customers": customers, "rows": rows, "feature_rows": written, "floor": floor, "features": features}
+    steps = step_cpu(source)
+    return {
+        "customers": customers, "rows": rows, "feature_rows": written, "floor": floor, "features": features,
+        "steps": steps,
+    }
 
 
 def online(store_customers: int, lookups: int) -> dict[str, float]:
@@ -203,6 +254,24 @@ def report(result: dict[str, object], latency: dict[str, float] | None) -> str:
         f"absolute target <= 90 s: {'met' if features['median_s'] <= 90 else 'missed'}; "
         f"peak memory target <= 6 GB: {'met' if features['peak_mb'] <= 6144 else 'missed'}.",
     ]
+    steps = result.get("steps") or []
+    if steps:
+        names = {
+            "validate": "rules engine: validate", "ledger": "rules engine: ledger (replays, duplicate orders)",
+            "rejects": "rules engine: rejects", "replay": "rules engine: replay", "output": "rules engine: output",
+            "orders": "rules engine: orders (refunds per order)",
+            "event features": "event aggregates, at the engine's orders stage (sorted placements, refunds)",
+            "done": "feature table (event + tier features, Arrow to pandas)",
+        }
+        lines += [
+            "",
+            "CPU seconds per step of one in-process `build_features` run (imports excluded; "
+            f"{sum(s for _, s in steps):.1f} CPU s in all):",
+            "",
+            "| step | CPU s |",
+            "|---|---:|",
+            *(f"| {names.get(name, name)} | {seconds:.1f} |" for name, seconds in steps),
+        ]
     if latency is not None:
         lines += [
             "",

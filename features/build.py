@@ -25,10 +25,19 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from features.placements import customers_match, placement_aggregates, placement_join_sql
 from features.registry import FEATURE_COLUMNS, KEY_COLUMNS, LABEL_COLUMNS
 from features.schema import coerce_feature_types, validate_feature_frame
-from features.sql import batch_events_sql, batch_tiers_sql, behaviour_sql, features_sql
+from features.sql import (
+    batch_events_sql,
+    batch_removals_sql,
+    batch_tiers_sql,
+    behaviour_aggregates_sql,
+    behaviour_features_sql,
+    features_sql,
+)
 from tier_ml.batch import PIPELINE_STAGES, connect, register_source, run_pipeline
 from tier_ml.money import days_to_micros, instant_to_micros, micros_to_instant
 from tier_ml.policy import Policy
@@ -71,13 +80,36 @@ def _reusable_source(events: EventsSource) -> Iterator[EventsSource]:
         yield path
 
 
+def _cutoff_column(rows: int, as_of_us: int) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(np.full(rows, as_of_us, dtype="datetime64[us]")).tz_localize("UTC")
+
+
 def finish_frame(frame: pd.DataFrame, as_of_us: int) -> pd.DataFrame:
-    """Key columns first (``customer_id``, ``cutoff`` as a UTC timestamp), registry dtypes."""
+    """Key columns first (``customer_id``, ``cutoff`` as a UTC timestamp), registry dtypes.
+
+    ``frame`` has ``customer_id`` and ``FEATURE_COLUMNS`` in any order and dtypes (as an
+    engine returns them); the result is a new frame, built with one copy of the data.
+    """
     frame = coerce_feature_types(frame)
-    frame.insert(1, "cutoff", pd.Series(pd.Timestamp(micros_to_instant(as_of_us)), index=frame.index))
-    frame["cutoff"] = frame["cutoff"].astype("datetime64[us, UTC]")
-    frame["customer_id"] = frame["customer_id"].astype(object)
-    return frame[[*KEY_COLUMNS, *FEATURE_COLUMNS]].reset_index(drop=True)
+    columns: dict[str, object] = {
+        "customer_id": frame["customer_id"].to_numpy(dtype=object),
+        "cutoff": _cutoff_column(len(frame), as_of_us),
+    }
+    columns.update((name, frame[name].to_numpy()) for name in FEATURE_COLUMNS)
+    return pd.DataFrame(columns)
+
+
+def arrow_feature_frame(table: pa.Table, as_of_us: int) -> pd.DataFrame:
+    """``finish_frame`` for an Arrow table of ``features_sql`` rows: one conversion, no pandas copies.
+
+    The SQL already gives every column its registry type (BIGINT, DOUBLE, text), so
+    Arrow's conversion yields the registry dtypes; any other type is coerced.
+    """
+    cutoff = pa.array(np.full(table.num_rows, as_of_us, dtype=np.int64), type=pa.timestamp("us", tz="UTC"))
+    table = table.append_column("cutoff", cutoff).select([*KEY_COLUMNS, *FEATURE_COLUMNS])
+    frame = table.to_pandas(self_destruct=True)
+    del table
+    return coerce_feature_types(frame)
 
 
 #: Progress steps of one engine run: the rules engine's stages, then the feature (or label) query.
@@ -89,16 +121,20 @@ def _engine_run(
     policy: Policy,
     source: EventsSource,
     as_of_us: int,
-    after_orders: Sequence[str] = (),
+    after_orders: Sequence[str | Callable[[], None]] = (),
     on_progress: Progress | None = None,
     label: str = "",
 ) -> None:
-    """Run the rules engine as of ``as_of_us``; ``after_orders`` statements run before it frees its tables."""
+    """Run the rules engine as of ``as_of_us``; ``after_orders`` (SQL statements or functions) run
+    after its ``orders`` stage, before it frees its tables."""
 
     def on_stage(stage: str) -> None:
         if stage == "orders":
-            for sql in after_orders:
-                con.execute(sql)
+            for step in after_orders:
+                if callable(step):
+                    step()
+                else:
+                    con.execute(step)
         if on_progress is not None:
             on_progress(f"{label}: {stage}")
 
@@ -109,21 +145,75 @@ def _day(instant_us: int) -> str:
     return f"{micros_to_instant(instant_us):%Y-%m-%d}"
 
 
+#: The batch path's event aggregates come from ``features.placements`` (placements sorted once,
+#: reduced in numpy); False computes them with the SQL definition instead. Both give the same
+#: values (tests compare them); the SQL is the fallback when customer keys collide.
+SORTED_PLACEMENTS = True
+
+
+def _capture_aggregates(con: duckdb.DuckDBPyConnection, as_of_us: int, sorted_placements: bool) -> pa.Table | None:
+    """At the engine's ``orders`` stage: the event aggregates, or what they are assembled from later.
+
+    Returns the numpy runs of ``features.placements`` (table ``feature_removals`` then
+    holds the refund parts), or None after storing table ``feature_aggregates`` by SQL.
+    """
+    if sorted_placements:
+        placements = placement_aggregates(con, as_of_us)
+        if placements is not None:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE feature_removals AS {batch_removals_sql(as_of_us)}")
+            return placements
+    events = f"({batch_events_sql()})"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE feature_aggregates AS {behaviour_aggregates_sql(events, as_of_us)}")
+    return None
+
+
+def _join_placements(con: duckdb.DuckDBPyConnection, placements: pa.Table) -> bool:
+    """Store table ``feature_aggregates`` from the runs and the engine's customers; False on a key collision."""
+    con.register("feature_placements", placements)
+    try:
+        if not customers_match(con, placements, "customer_state"):
+            return False
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE feature_aggregates AS "
+            + placement_join_sql("feature_placements", "customer_state", "feature_removals")
+        )
+        [(joined,)] = con.execute("SELECT count(*) FROM feature_aggregates").fetchall()
+        if joined != placements.num_rows:  # not the same customers: cannot happen with the engine as it is
+            return False
+    finally:
+        con.unregister("feature_placements")
+        con.execute("DROP TABLE IF EXISTS feature_removals")
+    return True
+
+
 def _features_in(
     con: duckdb.DuckDBPyConnection,
     policy: Policy,
     source: EventsSource,
     as_of_us: int,
     on_progress: Progress | None = None,
+    sorted_placements: bool | None = None,
 ) -> pd.DataFrame:
-    capture = [
-        f"CREATE OR REPLACE TEMP VIEW feature_events AS {batch_events_sql()}",
-        f"CREATE OR REPLACE TEMP TABLE feature_behaviour AS {behaviour_sql('feature_events', as_of_us)}",
-    ]
+    use_sorted = SORTED_PLACEMENTS if sorted_placements is None else sorted_placements
+    captured: list[pa.Table | None] = []
     label = f"features {_day(as_of_us)}"
-    _engine_run(con, policy, source, as_of_us, capture, on_progress, label)
-    sql = features_sql(policy, as_of_us, "feature_behaviour", f"({batch_tiers_sql()})")
-    frame = finish_frame(con.execute(sql).df(), as_of_us)
+
+    def capture() -> None:
+        captured.append(_capture_aggregates(con, as_of_us, use_sorted))
+
+    _engine_run(con, policy, source, as_of_us, [capture], on_progress, label)
+    placements = captured[0]
+    if placements is not None and not _join_placements(con, placements):
+        # two customers share a key (or the engine's customers are not the placements'):
+        # the run is repeated, quietly, with the SQL definition, which needs no key
+        frame = _features_in(con, policy, source, as_of_us, None, sorted_placements=False)
+    else:
+        captured.clear()  # the runs are in table feature_aggregates now
+        del placements
+        behaviour = f"({behaviour_features_sql('feature_aggregates')})"
+        sql = features_sql(policy, as_of_us, behaviour, f"({batch_tiers_sql()})")
+        frame = arrow_feature_frame(con.sql(sql).to_arrow_table(), as_of_us)
+        con.execute("DROP TABLE IF EXISTS feature_aggregates")
     if on_progress is not None:
         on_progress(f"{label}: done")
     return frame
@@ -259,15 +349,15 @@ def build_training_set(
 def build_feature_sets(
     events: EventsSource, policy: Policy, cutoffs: Iterable[datetime | int], *, on_progress: Progress | None = None
 ) -> pd.DataFrame:
-    """Features (no labels) at every cutoff, stacked: for scoring or backtests."""
+    """Features (no labels) at every cutoff, stacked: for scoring or backtests. The schema is checked once."""
     instants = sorted({_as_of_us(c) for c in cutoffs})
     parts = []
     with _reusable_source(events) if len(instants) > 1 else nullcontext(_source(events)) as source:
         for cutoff_us in instants:
-            parts.append(build_features(source, policy, cutoff_us, on_progress=on_progress))
+            parts.append(build_features(source, policy, cutoff_us, validate=False, on_progress=on_progress))
     if not parts:
         return finish_frame(pd.DataFrame(columns=["customer_id", *FEATURE_COLUMNS]), 0)
-    return validate_feature_frame(pd.concat(parts, ignore_index=True))
+    return validate_feature_frame(parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True))
 
 
 def _month_start(day: date) -> date:

@@ -20,6 +20,7 @@ from features.registry import (
     KEY_COLUMNS,
     LABEL_COLUMNS,
     TIER_CHANGES,
+    Feature,
 )
 
 
@@ -36,10 +37,6 @@ def _example(frame: pd.DataFrame, mask: pd.Series, column: str) -> str:
 
 
 _NUMERIC = [f for f in FEATURES if f.kind != "category"]
-_NUMERIC_NAMES = [f.name for f in _NUMERIC]
-_LOW = np.array([f.low for f in _NUMERIC])
-_HIGH = np.array([f.high for f in _NUMERIC])
-_NULLABLE = np.array([f.nullable for f in _NUMERIC])
 
 
 def _check_types(frame: pd.DataFrame) -> list[str]:
@@ -54,44 +51,89 @@ def _check_types(frame: pd.DataFrame) -> list[str]:
     return problems
 
 
-def _check_values(frame: pd.DataFrame) -> list[str]:
-    """Missing and out-of-range values of all numeric features at once (one 2-D array)."""
-    if not len(frame):
-        return []
-    numbers = frame[_NUMERIC_NAMES].to_numpy(dtype=np.float64)
+def _column_ok(values: np.ndarray, feature: Feature) -> bool:
+    """The cheap test: one min and one max per column (NaN, infinities and bounds all show in them)."""
+    if not len(values):
+        return True
+    if feature.kind == "float" and feature.nullable:
+        low, high = np.fmin.reduce(values), np.fmax.reduce(values)  # ignore missing values
+        if math.isnan(low):  # all missing
+            return True
+    else:
+        low, high = values.min(), values.max()  # a missing value makes both NaN
+    return bool(feature.low <= low and high <= feature.high and not math.isinf(low) and not math.isinf(high))
+
+
+def _column_problems(frame: pd.DataFrame, values: np.ndarray, feature: Feature) -> list[str]:
+    """Which rows of a column that failed :func:`_column_ok` are missing or out of range, with an example."""
+    name = feature.name
+    numbers = values.astype(np.float64, copy=False)
     missing = np.isnan(numbers)
     with np.errstate(invalid="ignore"):
-        outside = ~missing & ((numbers < _LOW) | (numbers > _HIGH) | np.isinf(numbers))
-    bad_missing = missing & ~_NULLABLE
-    if not bad_missing.any() and not outside.any():
-        return []
+        outside = ~missing & ((numbers < feature.low) | (numbers > feature.high) | np.isinf(numbers))
     problems = []
-    for index, feature in enumerate(_NUMERIC):
-        name = feature.name
-        if bad_missing[:, index].any():
-            mask = pd.Series(bad_missing[:, index], index=frame.index)
-            problems.append(f"column {name!r}: {int(mask.sum())} missing values ({_example(frame, mask, name)})")
-        if outside[:, index].any():
-            mask = pd.Series(outside[:, index], index=frame.index)
-            problems.append(
-                f"column {name!r}: {int(mask.sum())} values outside [{feature.low:g}, {feature.high:g}] "
-                f"({_example(frame, mask, name)})"
-            )
+    if missing.any() and not feature.nullable:
+        mask = pd.Series(missing, index=frame.index)
+        problems.append(f"column {name!r}: {int(mask.sum())} missing values ({_example(frame, mask, name)})")
+    if outside.any():
+        mask = pd.Series(outside, index=frame.index)
+        problems.append(
+            f"column {name!r}: {int(mask.sum())} values outside [{feature.low:g}, {feature.high:g}] "
+            f"({_example(frame, mask, name)})"
+        )
     return problems
+
+
+def _check_values(frame: pd.DataFrame) -> list[str]:
+    """Missing and out-of-range values of the numeric features, column by column (no copies)."""
+    problems = []
+    for feature in _NUMERIC:
+        column = frame[feature.name]
+        if isinstance(column.dtype, np.dtype):
+            values = column.to_numpy()
+        else:  # an extension dtype (nullable integers): missing values become NaN
+            values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        if not _column_ok(values, feature):
+            problems.extend(_column_problems(frame, values, feature))
+    return problems
+
+
+def _all_text(values: pd.Series) -> bool:
+    return len(values) == 0 or pd.api.types.infer_dtype(values, skipna=False) == "string"
 
 
 def _check_categories(frame: pd.DataFrame) -> list[str]:
     problems = []
     for feature in FEATURES:
-        if feature.kind != "category":
+        if feature.kind != "category" or _all_text(frame[feature.name]):
             continue
         values = frame[feature.name]
         bad = ~values.map(type).isin([str])
-        if bad.any():
-            problems.append(
-                f"column {feature.name!r}: {int(bad.sum())} values are not text ({_example(frame, bad, feature.name)})"
-            )
+        problems.append(
+            f"column {feature.name!r}: {int(bad.sum())} values are not text ({_example(frame, bad, feature.name)})"
+        )
     return problems
+
+
+def _unique_keys(frame: pd.DataFrame) -> pd.Series | None:
+    """None when ``(customer_id, cutoff)`` is unique, else the mask of repeated rows.
+
+    Frames are built sorted by cutoff then customer, so strictly increasing keys (one
+    vectorised comparison) prove uniqueness; otherwise pandas looks for duplicates.
+    """
+    if len(frame) < 2:
+        return None
+    ids = frame["customer_id"].to_numpy()
+    cutoffs = np.asarray(frame["cutoff"].values)  # UTC datetime64 for a tz-aware column
+    try:
+        later = cutoffs[1:] > cutoffs[:-1]
+        increasing = later | ((cutoffs[1:] == cutoffs[:-1]) & (ids[1:] > ids[:-1]))
+        if increasing.all():
+            return None
+    except TypeError:  # ids that do not compare (mixed types): the general test below
+        pass
+    duplicated = frame.duplicated(["customer_id", "cutoff"])
+    return duplicated if duplicated.any() else None
 
 
 def _check_labels(frame: pd.DataFrame) -> list[str]:
@@ -102,8 +144,8 @@ def _check_labels(frame: pd.DataFrame) -> list[str]:
     if bad.any():
         problems.append(f"column 'tier_change': {int(bad.sum())} values not in {TIER_CHANGES} ({_example(frame, bad, 'tier_change')})")
     for column in ("tier_at_cutoff", "tier_at_horizon"):
-        bad = ~frame[column].map(lambda v: isinstance(v, str))
-        if bad.any():
+        if not _all_text(frame[column]):
+            bad = ~frame[column].map(lambda v: isinstance(v, str))
             problems.append(f"column {column!r}: {int(bad.sum())} values are not tier names")
     return problems
 
@@ -137,8 +179,8 @@ def validate_feature_frame(frame: pd.DataFrame, *, labels: bool | None = None) -
     problems.extend(_check_categories(frame))
     if not types:
         problems.extend(_check_values(frame))
-    duplicated = frame.duplicated(["customer_id", "cutoff"]) if len(frame) > 1 else None
-    if duplicated is not None and duplicated.any():
+    duplicated = _unique_keys(frame)
+    if duplicated is not None:
         problems.append(f"{int(duplicated.sum())} duplicate (customer_id, cutoff) rows ({_example(frame, duplicated, 'customer_id')})")
     has_labels = all(c in frame.columns for c in LABEL_COLUMNS) if labels is None else labels
     if has_labels:

@@ -45,11 +45,10 @@ if TYPE_CHECKING:
 EventsSource = str | Path | pd.DataFrame
 
 
-def _register_ledger(spark: SparkSession, ledger: Ledger, checked: DataFrame) -> None:
+def _register_ledger(spark: SparkSession, ledger: Ledger) -> None:
     """The relations ``features.sql`` reads, under the batch engine's names."""
     ledger.placed_orders.createOrReplaceTempView("placed_orders")
     ledger.adjustments.createOrReplaceTempView("adjustments")
-    checked.select("row", "channel").createOrReplaceTempView("src")
 
 
 def features_at(
@@ -66,7 +65,7 @@ def features_at(
     checked = check_rows(raw, policy, as_of_us)
     full = build_ledger(checked)
     ledger = _sampled(full, sample_fraction)
-    _register_ledger(spark, ledger, checked)
+    _register_ledger(spark, ledger)
     spark.sql(batch_events_sql()).createOrReplaceTempView("feature_events")
     spark.sql(behaviour_sql("feature_events", as_of_us)).createOrReplaceTempView(
         "feature_behaviour"

@@ -318,6 +318,10 @@ def good_frame() -> pd.DataFrame:
         (lambda f: f.assign(tier=["Gold", None]), "'tier': 1 values are not text"),
         (lambda f: f.assign(spend_lifetime=[np.inf, 1.0]), "'spend_lifetime': 1 values outside"),
         (lambda f: pd.concat([f, f.iloc[[0]]]), "duplicate (customer_id, cutoff)"),
+        (lambda f: pd.concat([f.iloc[[1]], f]), "1 duplicate (customer_id, cutoff)"),
+        (lambda f: f.assign(gap_ratio=[-np.inf, np.nan]), "'gap_ratio': 1 values outside"),
+        (lambda f: f.assign(orders_90d=pd.array([1, None], dtype="Int64")), "'orders_90d': 1 missing values"),
+        (lambda f: f.assign(customer_id=["A", None]), "'customer_id' has missing values"),
         (lambda f: f.assign(cutoff=f["cutoff"].dt.tz_localize(None)), "'cutoff' must be a UTC timestamp"),
     ],
 )
@@ -330,6 +334,9 @@ def test_schema_violations_raise_a_clear_error(good_frame: pd.DataFrame, damage,
 
 def test_nullable_features_may_be_missing_and_labels_are_checked(good_frame: pd.DataFrame) -> None:
     validate_feature_frame(good_frame.assign(gap_ratio=np.nan))
+    later = good_frame.assign(cutoff=good_frame["cutoff"] + DAY)
+    validate_feature_frame(pd.concat([good_frame, later], ignore_index=True))  # same customers, two cutoffs
+    validate_feature_frame(pd.concat([later, good_frame.iloc[::-1]], ignore_index=True))  # in any order
     labelled = good_frame.assign(churned=[0, 1], tier_at_cutoff="Gold", tier_at_horizon="Gold", tier_change="same")
     validate_feature_frame(labelled)
     with pytest.raises(FeatureSchemaError, match="tier_change"):

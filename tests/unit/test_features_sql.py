@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from features.registry import markdown_table
-from features.sql import behaviour_sql, features_sql
+from features.sql import batch_events_sql, batch_removals_sql, behaviour_sql, features_sql
 from tier_ml.policy import load_policy, parse_policy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ NOT_PORTABLE = {
 def test_feature_sql_uses_only_portable_constructs(policy) -> None:
     text = behaviour_sql("events", 1_700_000_000_000_000) + features_sql(
         policy, 1_700_000_000_000_000, "behaviour", "tiers"
-    )
+    ) + batch_events_sql() + batch_removals_sql(1_700_000_000_000_000)
     for pattern, instead in NOT_PORTABLE.items():
         assert not re.search(pattern, text, flags=re.IGNORECASE), f"{pattern} in the feature SQL: use {instead}"
 
