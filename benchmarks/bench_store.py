@@ -24,6 +24,12 @@ as the live store would see it:
 PostgreSQL runs when ``TIER_ML_TEST_POSTGRES_URL`` is set (a fresh schema,
 dropped afterwards). Prints a Markdown section, then the same numbers as one JSON
 line; ``--write`` also writes the section to docs/bench/store.md.
+
+``--only reapply`` measures the policy re-apply alone, ``--repeat`` times, on a
+copy of a store that went through the whole stream and its sweep (built once by
+ingest and kept under ``--cache``, default ``.bench/``; PostgreSQL gets a fresh
+schema loaded from that SQLite file with ``COPY``): seconds, CPU seconds of this
+process, the load average, and the ratio to ``classify``. It prints JSON lines.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -141,28 +149,133 @@ def run_backend(url: str, rows: list[dict[str, Any]], single: int) -> dict[str, 
         "seconds": round(time.perf_counter() - began, 2),
     }
 
+    result["policy_reapply"], result["customers"] = measure_reapply(engine, end)
+    engine.dispose()
+    return result
+
+
+def measure_reapply(engine: Any, end: int) -> tuple[dict[str, Any], int]:
+    """``classify`` of the store's ledger (as a Parquet file) then ``apply_policy`` with
+    ``new_policy`` at ``end``: wall and CPU seconds (this process) and the ratio."""
     ledger = run_in_transaction(engine, lambda uow: uow.repo.ledger_frame(), read_only=True)
     target = new_policy()
     with tempfile.TemporaryDirectory() as folder:  # classify of the same events as a file
         path = Path(folder) / "ledger.parquet"
         ledger[list(EVENT_FIELDS)].astype("string").to_parquet(path, index=False)
-        began = time.perf_counter()
+        del ledger
+        began, cpu_began = time.perf_counter(), time.process_time()
         tiers, _ = classify_frame(target, path, end)
         classify_seconds = time.perf_counter() - began
-    began = time.perf_counter()
+        classify_cpu = time.process_time() - cpu_began
+    load_began = os.getloadavg()[0]
+    began, cpu_began = time.perf_counter(), time.process_time()
     applied = service.apply_policy(engine, target, "bench", end)
     reapply_seconds = time.perf_counter() - began
-    result["policy_reapply"] = {
+    reapply_cpu = time.process_time() - cpu_began
+    return {
         "customers": applied.customers,
         "tier_changes": applied.changed,
         "states_written": applied.states_written,
         "seconds": round(reapply_seconds, 2),
         "classify_seconds": round(classify_seconds, 2),
         "ratio_to_classify": round(reapply_seconds / classify_seconds, 2),
-    }
-    result["customers"] = len(tiers)
+        "cpu_seconds": round(reapply_cpu, 2),  # this process only (not the PostgreSQL server)
+        "classify_cpu_seconds": round(classify_cpu, 2),
+        "cpu_ratio": round(reapply_cpu / classify_cpu, 2),
+        "load_average": [round(load_began, 2), round(os.getloadavg()[0], 2)],
+    }, len(tiers)
+
+
+# --- re-apply alone, on a cached store ---------------------------------------------------------
+
+
+def cached_store(cache: Path, events: int, seed: int, single: int) -> tuple[Path, int]:
+    """A SQLite store that took the whole stream (batches of 1,000, then ``single`` events one
+    by one) and a sweep at its end plus 30 days; built once and kept. Returns it and that
+    instant."""
+    path = cache / f"store_{events}_seed{seed}.sqlite"
+    end_file = path.with_suffix(".end")
+    if path.exists() and end_file.exists():
+        return path, int(end_file.read_text())
+    rows = stream_rows(events, seed)
+    single = min(single, len(rows) // 2)
+    building = path.with_suffix(".building")
+    building.unlink(missing_ok=True)
+    engine = service.open_store(f"sqlite:///{building}")
+    policy = load_policy(None)
+    bulk, tail = rows[: len(rows) - single], rows[len(rows) - single :]
+    for start in range(0, len(bulk), 1_000):
+        batch = bulk[start : start + 1_000]
+        service.apply_events(engine, batch, clock_of(batch), policy)
+        freeze_long_lived()
+    thaw_long_lived()
+    for row in tail:
+        service.apply_events(engine, [row], parse_instant(row["occurred_at"]) or clock_of(bulk))
+    end = clock_of(rows) + 30 * 86_400_000_000
+    service.sweep(engine, end)
+    engine.dispose()  # the last connection checkpoints the write-ahead log into the file
+    building.rename(path)
+    end_file.write_text(str(end))
+    return path, end
+
+
+def load_into_postgres(source: Path, url: str) -> None:
+    """Copy every table of the SQLite store ``source`` into the (migrated) store at ``url``."""
+    from tier_ml.store.models import Base
+
+    engine = service.open_store(url)
+    with sqlite3.connect(source) as lite, engine.begin() as connection:
+        raw = connection.connection.driver_connection
+        with raw.cursor() as cursor:
+            for table in Base.metadata.sorted_tables:
+                if table.name == "alembic_version":
+                    continue
+                names = [c.name for c in table.columns]
+                rows = lite.execute(f"SELECT {', '.join(names)} FROM {table.name}")
+                with cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                if "id" in names and table.c.id.autoincrement is True:
+                    cursor.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                        f"coalesce((SELECT max(id) FROM {table.name}), 0) + 1, false)"
+                    )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("VACUUM ANALYZE")
     engine.dispose()
-    return result
+
+
+def reapply_only(args: argparse.Namespace) -> None:
+    """``--only reapply``: the re-apply on fresh copies of the cached store, ``--repeat`` times."""
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    store, end = cached_store(cache, args.events, args.seed, args.single)
+    for _ in range(args.repeat):
+        for backend in args.backends.split(","):
+            with tempfile.TemporaryDirectory() as folder:
+                drop = None
+                if backend == "sqlite":
+                    copy = Path(folder) / "store.sqlite"
+                    shutil.copy(store, copy)
+                    url = f"sqlite:///{copy}"
+                else:
+                    found = postgres_url()
+                    if found is None:
+                        skipped = {"backend": backend, "skipped": "no TIER_ML_TEST_POSTGRES_URL"}
+                        print(json.dumps(skipped))
+                        continue
+                    url, drop = found
+                    load_into_postgres(store, url)
+                try:
+                    engine = service.open_store(url)
+                    measured, customers = measure_reapply(engine, end)
+                    engine.dispose()
+                finally:
+                    if drop is not None:
+                        drop()
+            stamp = time.strftime("%H:%M:%S", time.gmtime())
+            line = {"backend": backend, "at": stamp, "store_customers": customers, **measured}
+            print(json.dumps(line), flush=True)
 
 
 def postgres_url() -> tuple[str, Any] | None:
@@ -191,7 +304,24 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--write", action="store_true", help=f"Also write the section to {REPORT.relative_to(ROOT)}.")
+    parser.add_argument(
+        "--only",
+        choices=("all", "reapply"),
+        default="all",
+        help="reapply: only the policy re-apply, on copies of a cached store (see --cache).",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="With --only reapply: runs per backend."
+    )
+    parser.add_argument(
+        "--cache",
+        default=str(ROOT / ".bench"),
+        help="With --only reapply: where the store built from the stream is kept.",
+    )
     args = parser.parse_args()
+    if args.only == "reapply":
+        reapply_only(args)
+        return
 
     rows = stream_rows(args.events, args.seed)
     single = min(args.single, len(rows) // 2)

@@ -15,6 +15,7 @@ lock that ``policy apply`` takes exclusively while it rewrites every state.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -84,6 +86,12 @@ LEDGER_COLUMNS = (
 IN_CHUNK = 5_000
 #: The advisory lock shared by PostgreSQL writers and taken alone by ``policy apply``.
 STORE_LOCK_KEY = 74_311_902
+#: Rows per driver fetch when a whole table is read into Arrow (SQLite).
+ARROW_FETCH = 100_000
+#: PostgreSQL inserts of at least this many rows go through ``COPY`` (a policy re-apply's
+#: states, audit and outbox rows); smaller ones (an ingest batch of the default 1,000 events)
+#: stay one ``unnest`` insert.
+PG_COPY_ROWS = 2_000
 
 
 @dataclass(frozen=True)
@@ -339,6 +347,21 @@ class Repository:
             select(*columns, EVENTS.c.at_us).order_by(EVENTS.c.id), [*EVENT_FIELDS, "at_us"]
         )
 
+    def ledger_table(self) -> pa.Table:
+        """The whole ledger as Arrow text columns (``EVENT_FIELDS`` as delivered), in arrival
+        order: the input of a batch classification (``policy apply``), read in bulk."""
+        sql = f"SELECT {', '.join(EVENT_FIELDS)} FROM order_events ORDER BY id"
+        return self._arrow(sql, [(name, pa.string()) for name in EVENT_FIELDS])
+
+    def recent_events(self, after_us: int) -> pd.DataFrame:
+        """``customer_id, event_type, at_us`` of the ledger events dated after ``after_us``."""
+        sql = "SELECT customer_id, event_type, at_us FROM order_events WHERE at_us > "
+        sql += "%s" if self.dialect == "postgresql" else "?"
+        rows = self.connection.exec_driver_sql(sql, (after_us,)).fetchall()
+        return pd.DataFrame.from_records(
+            rows, columns=["customer_id", "event_type", "at_us"], coerce_float=False
+        )
+
     def count(self, table: str) -> int:
         tables = {t.name: t for t in (EVENTS, ORDERS, CUSTOMERS, STATES, AUDIT, OUTBOX, REJECTS)}
         return int(
@@ -355,15 +378,24 @@ class Repository:
         """Every customer's stored state, one row each."""
         return self._frame(select(STATES).order_by(STATES.c.customer_id), list(STATE_FIELDS))
 
+    def states_table(self) -> pa.Table:
+        """Every customer's stored state as Arrow columns (integers as int64), one row each,
+        read in bulk (``policy apply``)."""
+        fields = [
+            (c.name, pa.string() if isinstance(c.type, String | Text) else pa.int64())
+            for c in STATES.columns
+        ]
+        return self._arrow(f"SELECT {', '.join(STATE_FIELDS)} FROM tier_state", fields)
+
     def save_states(self, states: Iterable[TierState]) -> None:
         fields = operator.attrgetter(*_TIER_STATE_FIELDS)
         self._insert_tuples(
             STATES, _TIER_STATE_FIELDS, [fields(state) for state in states], _STATE_UPSERT
         )
 
-    def save_state_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert or replace tier-state rows (dicts with every column of ``tier_state``)."""
-        self._insert_rows(STATES, rows, _STATE_UPSERT)
+    def save_state_tuples(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert or replace tier-state rows given as tuples in ``STATE_FIELDS`` order."""
+        self._insert_tuples(STATES, STATE_FIELDS, rows, _STATE_UPSERT)
 
     def due_customers(self, now_us: int, limit: int) -> list[str]:
         query = (
@@ -487,6 +519,57 @@ class Repository:
             result.close()
         return pd.DataFrame.from_records(rows, columns=list(columns), coerce_float=False)
 
+    def _arrow(
+        self,
+        sql: str,
+        fields: Sequence[tuple[str, pa.DataType]],
+        parameters: tuple[Any, ...] = (),
+    ) -> pa.Table:
+        """A query's rows as an Arrow table of ``fields`` (its columns, in order), without a
+        Python object per value where the driver allows it: PostgreSQL sends the rows with
+        ``COPY ... TO STDOUT`` as CSV, which Arrow parses; SQLite's rows (driver tuples,
+        fetched in chunks) become Arrow columns in one conversion per chunk."""
+        if self.dialect == "postgresql":
+            return self._arrow_by_copy(sql, fields, parameters)
+        struct = pa.struct(list(fields))
+        result = self.connection.exec_driver_sql(sql, parameters)
+        chunks = []
+        try:
+            cursor = result.cursor
+            while cursor is not None and (rows := cursor.fetchmany(ARROW_FETCH)):
+                chunks.append(pa.array(rows, type=struct))
+        finally:
+            result.close()
+        return pa.Table.from_struct_array(pa.chunked_array(chunks, type=struct))
+
+    def _arrow_by_copy(
+        self, sql: str, fields: Sequence[tuple[str, pa.DataType]], parameters: tuple[Any, ...]
+    ) -> pa.Table:
+        """PostgreSQL: the rows of ``sql`` through ``COPY (sql) TO STDOUT (FORMAT csv)``, in
+        this transaction. CSV writes NULL as an empty field and an empty text as ``""``,
+        which is how it is read back."""
+        import pyarrow.csv as pa_csv
+
+        data = io.BytesIO()
+        raw = self.connection.connection.driver_connection
+        query = f"COPY ({sql}) TO STDOUT (FORMAT csv)"
+        with raw.cursor() as cursor, cursor.copy(query, parameters or None) as copy:
+            for block in copy:
+                data.write(block)
+        if data.tell() == 0:
+            return pa.table({name: pa.array([], type=kind) for name, kind in fields})
+        return pa_csv.read_csv(
+            pa.BufferReader(data.getbuffer()),
+            read_options=pa_csv.ReadOptions(column_names=[name for name, _ in fields]),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict(fields),
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+
     def _rows_among(
         self,
         table: str,
@@ -546,6 +629,9 @@ class Repository:
         if not rows:
             return
         names = ", ".join(columns)
+        if self.dialect == "postgresql" and len(rows) >= PG_COPY_ROWS:
+            self._insert_by_copy(table, columns, rows, conflict)
+            return
         if self.dialect == "postgresql":
             # one statement whatever the row count: a column array per column, unnested
             arrays = ", ".join(f"%s::{_PG_ARRAY[type(table.c[name].type)]}" for name in columns)
@@ -556,6 +642,32 @@ class Repository:
         marks = ", ".join(["?"] * len(columns))
         sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}) {conflict}"
         self.connection.exec_driver_sql(sql, rows)
+
+    def _insert_by_copy(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str = "",
+    ) -> None:
+        """PostgreSQL, many rows: ``COPY`` them into a temporary table, then one
+        ``INSERT ... SELECT`` (with ``conflict``). psycopg writes COPY rows in C, where the
+        arrays of the ``unnest`` insert are built value by value in Python."""
+        names = ", ".join(columns)
+        staging = f"staging_{table.name}"
+        raw = self.connection.connection.driver_connection
+        with raw.cursor() as cursor:
+            cursor.execute(
+                f"CREATE TEMP TABLE {staging} ON COMMIT DROP AS "
+                f"SELECT {names} FROM {table.name} WITH NO DATA"
+            )
+            with cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cursor.execute(
+                f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {staging} {conflict}"
+            )
+            cursor.execute(f"DROP TABLE {staging}")
 
 
 #: ``tier_state`` columns in the order of ``TierState``'s fields; ``overrides`` columns in the

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from sqlalchemy import Engine
 
 from tier_ml.events import EVENT_FIELDS, OrderEvent
@@ -621,7 +623,9 @@ def tiers_frame(states: pd.DataFrame, policy: Policy) -> pd.DataFrame:
 
 def _current_states(repo: Repository, active: ActivePolicy, now_us: int | None) -> pd.DataFrame:
     """Stored states, with customers due by ``now_us`` re-evaluated in memory (not written)."""
-    states = typed_states(repo.states_frame())
+    table = repo.states_table()
+    frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    states = typed_states(frame.sort_values("customer_id", ignore_index=True))
     if now_us is None or states.empty:
         return states
     clock = repo.clock()
@@ -755,8 +759,8 @@ def apply_policy(
         new = repo.add_policy_version(policy, actor, now_us, source_text)
         grandfather.record_choice(repo, new.version, grandfather_until_us, note)
         grandfather.add_floors(repo, plan.new_floors, actor, note)
-        changed = plan.changed_rows()
-        repo.save_state_rows(changed)
+        changed = plan.changed_states()
+        repo.save_state_tuples(_state_tuples(changed))
         transitions = plan.transitions(actor, note)
         held = grandfather.held_transitions(plan.merged, plan.new_floors, policy, actor, note)
         repo.add_audit([*transitions, *held], new.version, now_us)
@@ -830,18 +834,19 @@ class _PolicyPlan:
             matrix=matrix, customers=int(seen.sum()), changed=int((old != new)[seen].sum())
         )
 
-    def changed_rows(self) -> list[dict[str, Any]]:
+    def changed_states(self) -> pd.DataFrame:
         """The tier-state rows that differ from the stored ones (unchanged rows stay as they
         are: the policy version's ``created_at`` counts as their evaluation instant)."""
-        differs = pd.Series(False, index=self.merged.index)
+        differs = np.zeros(len(self.merged), dtype=bool)
         for name in STATE_FIELDS:
             if name in {"customer_id", "evaluated_at_us"}:
                 continue
             old, new = self.merged[f"{name}_old"], self.merged[name]
-            same = (old == new).fillna(False).astype(bool) | (old.isna() & new.isna())
+            same = (old == new).fillna(False).to_numpy(dtype=bool) | (
+                old.isna().to_numpy() & new.isna().to_numpy()
+            )
             differs |= ~same
-        changed = self.merged.loc[differs, list(STATE_FIELDS)]
-        return _nulls_as_none(changed).to_dict("records")
+        return self.merged.loc[differs, list(STATE_FIELDS)]
 
     def transitions(self, actor: str, note: str | None = None) -> list[Transition]:
         old = self.merged["tier_old"].fillna(NO_TIER)
@@ -887,6 +892,13 @@ def typed_states(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _state_tuples(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
+    """Typed tier-state rows as tuples in ``STATE_FIELDS`` order, with Python values (None
+    for missing ones): what the driver binds, built a column at a time."""
+    columns = [frame[name].to_numpy(dtype=object, na_value=None).tolist() for name in STATE_FIELDS]
+    return list(zip(*columns, strict=True))
+
+
 def state_records(frame: pd.DataFrame) -> list[TierState]:
     """Typed tier-state rows as :class:`TierState` values."""
     states = []
@@ -911,15 +923,32 @@ def _policy_plan(
 ) -> _PolicyPlan:
     """Every customer's state under ``policy`` at ``now_us`` beside the current one: the batch
     path's rules states (on ``batch_engine``), then floors in force (earlier grandfathering,
-    and new floors when ``grandfather_until_us`` is given), then active overrides on top."""
+    and new floors when ``grandfather_until_us`` is given), then active overrides on top.
+
+    DuckDB classifies the ledger in a worker thread (it runs outside the GIL) while
+    this one reads the stored states, floors and overrides from the same transaction."""
     active = _existing_policy(repo)
     _check_clock(repo, active, now_us)
-    current = _current_states(repo, active, now_us)
-    ledger = repo.ledger_frame()
-    tiers = _classify_ledger(policy, ledger, now_us, batch_engine)
-    proposed = _states_from_tiers(tiers, current["customer_id"], now_us)
-    proposed["next_due_at_us"] = _next_due_column(proposed, ledger, policy, now_us)
-    floors = {c: f for c, f in grandfather.all_floors(repo).items() if f.active_at(now_us)}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tier-ml-classify") as pool:
+        ledger = repo.ledger_table()
+        classified = (
+            pool.submit(_classify_ledger, policy, ledger, now_us, batch_engine)
+            if batch_engine == "duckdb"
+            else None
+        )
+        current = _current_states(repo, active, now_us)
+        recent = repo.recent_events(now_us - policy.buffer_us)
+        stored_floors = grandfather.all_floors(repo)
+        overrides = repo.all_open_overrides()
+        engine_states = (
+            classified.result()
+            if classified is not None
+            else _classify_ledger(policy, ledger, now_us, batch_engine)
+        )
+        del ledger
+    proposed = _states_from_engine(engine_states, policy, current["customer_id"], now_us)
+    proposed["next_due_at_us"] = _next_due_column(proposed, recent, policy, now_us)
+    floors = {c: f for c, f in stored_floors.items() if f.active_at(now_us)}
     new_floors: list[Floor] = []
     try:
         if grandfather_until_us is not None:
@@ -931,7 +960,6 @@ def _policy_plan(
         proposed = grandfather.apply_floors(proposed, floors, policy, now_us, current)
     except grandfather.GrandfatherError as exc:
         raise StoreError(str(exc)) from None
-    overrides = repo.all_open_overrides()
     proposed = _with_overrides(proposed, overrides, policy, now_us)
     merged = current.merge(proposed, on="customer_id", how="outer", suffixes=("_old", ""))
     live = {c for c, o in overrides.items() if o.active_after(now_us)}
@@ -964,34 +992,59 @@ def preview_policy(
 
 
 def _classify_ledger(
-    policy: Policy, ledger: pd.DataFrame, now_us: int, batch_engine: str = "duckdb"
+    policy: Policy, ledger: pa.Table, now_us: int, batch_engine: str = "duckdb"
 ) -> pd.DataFrame:
-    """``classify`` of the whole ledger on the batch path, as of ``now_us``.
+    """The batch path's own state of every customer of the ledger as of ``now_us``
+    (``customer_state``: tier indexes, exact micro-units and instants; integers ``Int64``).
 
-    The ledger goes through a temporary Parquet file of text columns: DuckDB
-    reads it natively, so millions of rows need no per-value Python work.
-    ``batch_engine="spark"`` classifies that file on Spark instead (the session
-    of ``tier_ml.engines.spark``), with the same answer.
+    The ledger (Arrow text columns, ``Repository.ledger_table``) goes through a
+    temporary Parquet file: DuckDB reads it natively, so millions of rows need no
+    per-value Python work. ``batch_engine="spark"`` classifies that file on Spark
+    instead (the session of ``tier_ml.engines.spark``), with the same answer.
     """
     import tempfile
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     _check_batch_engine(batch_engine)
-    schema = pa.schema([(name, pa.string()) for name in EVENT_FIELDS])
-    table = pa.Table.from_pandas(ledger[list(EVENT_FIELDS)], schema=schema, preserve_index=False)
     with tempfile.TemporaryDirectory(prefix="tier-ml-ledger-") as folder:
         path = Path(folder) / "ledger.parquet"
-        pq.write_table(table, path)
+        # read once, right away: plain pages are the quickest to write and to read back
+        pq.write_table(
+            ledger, path, compression="none", use_dictionary=False, write_statistics=False
+        )
         if batch_engine == "spark":
-            from tier_ml.engines.spark import classify_ledger_file  # pyspark: only when asked
+            frame = _spark_states(policy, path, now_us)
+        else:
+            from tier_ml.batch import classify_states  # DuckDB: loaded only for a policy change
 
-            return classify_ledger_file(policy, path, now_us)
-        from tier_ml.batch import classify_frame  # DuckDB: loaded only for a policy change
+            table = classify_states(policy, path, now_us)
+            frame = table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    for name in frame.columns:
+        if name not in {"customer_id", "region"}:
+            frame[name] = pd.to_numeric(frame[name]).astype("Int64")
+    return frame
 
-        tiers, _rejects = classify_frame(policy, path, now_us)
-    return tiers
+
+def _spark_states(policy: Policy, path: Path, now_us: int) -> pd.DataFrame:
+    """``customer_state`` of the ledger file on Spark (``tier_ml.engines.spark``)."""
+    from tier_ml.engines import spark as engine  # pyspark: only when asked
+
+    session = engine.spark_session()
+    source: Path | pd.DataFrame = path
+    if not session.sparkContext.master.startswith("local"):
+        import pyarrow.parquet as pq  # a cluster cannot read the driver's temporary folder
+
+        source = pq.read_table(path).to_pandas()
+    raw = engine.read_source(session, source)
+    checked = engine.check_rows(raw, policy, now_us)
+    ledger = engine.build_ledger(checked)
+    try:
+        buckets = engine.bucket_count(session, raw)
+        return engine.customer_stage(session, ledger, policy, now_us, "state", buckets).toPandas()
+    finally:
+        ledger.release()
+        checked.unpersist()
 
 
 def _check_batch_engine(batch_engine: str) -> None:
@@ -1003,37 +1056,29 @@ def _check_batch_engine(batch_engine: str) -> None:
         raise StoreError(str(exc)) from None
 
 
-def _instants_us(column: pd.Series) -> pd.Series:
-    """ISO 8601 instants (the batch path's text) as epoch microseconds, nullable."""
-    instants = pd.to_datetime(column, utc=True, format="ISO8601").dt.as_unit("us").array
-    micros = pd.arrays.IntegerArray(instants.asi8.copy(), np.asarray(instants.isna()))
-    return pd.Series(micros, index=column.index)
-
-
-def _money_us(column: pd.Series) -> pd.Series:
-    """Money as micro-units, computed as ``tier_ml.money.to_micros`` does (same doubles)."""
-    values = pd.to_numeric(column).astype("float64").to_numpy()
-    return pd.Series(np.floor(values * 1e6 + 0.5).astype("int64"), index=column.index)
-
-
-def _states_from_tiers(tiers: pd.DataFrame, known: pd.Series, now_us: int) -> pd.DataFrame:
-    """The batch path's output as tier-state rows (money exact to the cent), plus an empty
-    state for every known customer without a row (no order at or before ``now_us``)."""
+def _states_from_engine(
+    state: pd.DataFrame, policy: Policy, known: pd.Series, now_us: int
+) -> pd.DataFrame:
+    """The batch path's ``customer_state`` as tier-state rows (exact micro-units, as the
+    streaming path stores them), plus an empty state for every known customer without a
+    row (no order at or before ``now_us``)."""
+    names = np.array(policy.tier_names, dtype=object)
+    tier = names[state["tier"].to_numpy(dtype="int64")]
     rules = pd.DataFrame(
         {
-            "customer_id": tiers["customer_id"].astype(str),
-            "tier": tiers["tier"],
-            "rules_tier": tiers["tier"],
-            "eligible_tier": tiers["eligible_tier"],
-            "tier_since_us": _instants_us(tiers["tier_since"]),
-            "qualifying_us": _money_us(tiers["qualifying_spend"]),
-            "pending_us": _money_us(tiers["pending_spend"]),
-            "qualifying_orders": tiers["qualifying_orders"],
-            "region": tiers["region"],
-            "last_order_at_us": _instants_us(tiers["last_order_at"]),
-            "grace_ends_at_us": _instants_us(tiers["grace_ends_at"]),
-            "next_change_at_us": _instants_us(tiers["next_change_at"]),
-            "tier_changes": tiers["tier_changes"],
+            "customer_id": state["customer_id"].astype(object),
+            "tier": tier,
+            "rules_tier": tier,
+            "eligible_tier": names[state["eligible"].to_numpy(dtype="int64")],
+            "tier_since_us": state["tier_since_us"],
+            "qualifying_us": state["qualifying_us"],
+            "pending_us": state["pending_us"],
+            "qualifying_orders": state["qualifying_orders"],
+            "region": state["region"],
+            "last_order_at_us": state["last_placed_us"],
+            "grace_ends_at_us": state["grace_ends_at_us"],
+            "next_change_at_us": state["next_change_at_us"],
+            "tier_changes": state["tier_changes"],
         }
     )
     missing = sorted(set(known) - set(rules["customer_id"]))
@@ -1052,13 +1097,16 @@ def _states_from_tiers(tiers: pd.DataFrame, known: pd.Series, now_us: int) -> pd
 
 
 def _next_due_column(
-    states: pd.DataFrame, ledger: pd.DataFrame, policy: Policy, now_us: int
+    states: pd.DataFrame, recent: pd.DataFrame, policy: Policy, now_us: int
 ) -> pd.Series:
-    """``next_due_at_us`` as ``evaluation._next_due`` defines it, for every customer at once."""
-    at = ledger["at_us"].astype("int64")
-    customer = ledger["customer_id"]
+    """``next_due_at_us`` as ``evaluation._next_due`` defines it, for every customer at once.
+
+    ``recent``: the ledger events dated after ``now_us`` minus the buffer (``customer_id``,
+    ``event_type``, ``at_us``); earlier events neither mature nor become visible later."""
+    at = recent["at_us"].astype("int64")
+    customer = recent["customer_id"]
     maturing = (
-        (ledger["event_type"] == "placed") & (at <= now_us) & (at + policy.buffer_us > now_us)
+        (recent["event_type"] == "placed") & (at <= now_us) & (at + policy.buffer_us > now_us)
     )
     future = at > now_us
     soonest = (
