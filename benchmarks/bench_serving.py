@@ -306,6 +306,22 @@ class Run:
         )
 
 
+#: Bounded runs per endpoint: the table shows the run with the median p99 and lists all of them.
+BOUNDED_RUNS = 3
+
+
+def median_run(runs: list[Run]) -> tuple[Run, str]:
+    """The run whose p99 is the median of ``runs``, and every run's p99 as text.
+
+    Why: the machine is shared, and a single stall of the whole VM (other tenants) of a
+    few tens of milliseconds during an 8 s open-loop run is the p99 of that run by itself;
+    the median of three runs reads the service, and every run is reported.
+    """
+    ordered = sorted(runs, key=lambda run: quantile(run.latencies, 0.99))
+    p99s = ", ".join(f"{quantile(run.latencies, 0.99) * 1000:.1f}" for run in runs)
+    return ordered[len(ordered) // 2], p99s
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and its children (uvicorn's workers)."""
     pids = [pid]
@@ -401,24 +417,30 @@ def main() -> None:
                 f"bounded {lookup_rate:,.0f}/s",
                 *measure(floor, load_open(floor_base, ["/const"], seconds, {}, lookup_rate)),
             )
-            lookup_open = Run(
-                "`GET /v1/customers/{id}`",
-                f"bounded {lookup_rate:,.0f}/s",
-                *measure(service, load_open(base, customer_paths, seconds, headers, lookup_rate)),
-            )
+            lookup_open, lookup_p99s = median_run([
+                Run(
+                    "`GET /v1/customers/{id}`",
+                    f"bounded {lookup_rate:,.0f}/s",
+                    *measure(service, load_open(base, customer_paths, seconds, headers, lookup_rate)),
+                )
+                for _ in range(BOUNDED_RUNS)
+            ])
             predict_closed = Run(
                 "`GET /v1/customers/{id}/predictions`",
                 "closed",
                 *measure(service, load(base, prediction_paths, seconds, headers)),
             )
             predict_rate = PREDICTION_LOAD * predict_closed.rps
-            predict_open = Run(
-                "`GET /v1/customers/{id}/predictions`",
-                f"bounded {predict_rate:,.0f}/s",
-                *measure(
-                    service, load_open(base, prediction_paths, seconds, headers, predict_rate)
-                ),
-            )
+            predict_open, predict_p99s = median_run([
+                Run(
+                    "`GET /v1/customers/{id}/predictions`",
+                    f"bounded {predict_rate:,.0f}/s",
+                    *measure(
+                        service, load_open(base, prediction_paths, seconds, headers, predict_rate)
+                    ),
+                )
+                for _ in range(BOUNDED_RUNS)
+            ])
             included_closed = Run(
                 "`GET /v1/customers/{id}?include=predictions`",
                 "closed",
@@ -488,6 +510,8 @@ def main() -> None:
         "`server CPU ms/request` is the server process's CPU time (user + system, from /proc) over the "
         "requests it answered: it barely depends on what else the shared machine runs, so the floor's CPU "
         "per request over the endpoint's is the steadier capacity ratio (what one idle core would give).",
+        f"Each bounded load runs {BOUNDED_RUNS} times; the table shows the run with the median p99 "
+        f"(p99 of every run, ms: lookup {lookup_p99s}; prediction {predict_p99s}).",
         "",
         "| endpoint | load | requests/s | p50 ms | p99 ms | server CPU ms/request | target |",
         "|---|---|---:|---:|---:|---:|---|",

@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
@@ -28,6 +30,8 @@ from serving.settings import ServingSettings
 from tier_ml.money import instant_to_micros
 from tier_ml.policy import Policy, load_policy
 from tier_ml.store.service import active_policy
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,6 +57,22 @@ class Services:
         if active is not None:
             return active.policy
         return load_policy(self.settings.policy_path)
+
+
+async def run_scoring(services: Services, work: Callable[[], T]) -> T:
+    """Run model scoring on a worker thread, at most ``scoring_concurrency`` at a time.
+
+    Why: scoring is CPU work in Python, pandas and LightGBM. Fifty requests scoring on
+    fifty threads share the same cores and the GIL: each takes about three times the CPU
+    it takes alone and all of them finish late. Waiting for a slot (asynchronously: the
+    event loop keeps serving lookups meanwhile) gives the same throughput at a fraction
+    of the latency.
+    """
+    limiter = services.caches.get("scoring_limiter")
+    if limiter is None:  # created on first use, inside the event loop it belongs to
+        limiter = anyio.CapacityLimiter(services.settings.scoring_concurrency)
+        services.caches["scoring_limiter"] = limiter
+    return await anyio.to_thread.run_sync(work, limiter=limiter)
 
 
 async def get_services(request: Request) -> Services:

@@ -59,6 +59,11 @@ class ServingSettings(BaseSettings):
     page_size: int = Field(default=100, gt=0, description="Default page size of JSON lists.")
     max_page_size: int = Field(default=10_000, gt=0)
     top_reasons: int = Field(default=3, ge=0, le=20)
+    scoring_concurrency: int = Field(
+        default=2,
+        gt=0,
+        description="Requests that score models at the same time; the others wait their turn.",
+    )
     at_risk_tier: str = "Gold"
     at_risk_cache_seconds: float = Field(default=300.0, ge=0)
     key_cache_seconds: float = Field(default=5.0, ge=0)

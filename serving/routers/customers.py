@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from serving.deps import Admin, NowDep, Services, ServicesDep, TiersReader
+from serving.deps import Admin, NowDep, Services, ServicesDep, TiersReader, run_scoring
 from serving.errors import Problem, customer_not_found, problem_responses
 from serving.lookup import read_customer
 from serving.models import CHURN, TIER_CHANGE, ModelSet, prediction_fields
@@ -228,7 +228,7 @@ async def get_customer(
     body = customer_body(view, now_us)
     if include == "predictions":
         models = services.models.current
-        body.update(await run_in_threadpool(_predictions_block, services, models, view, now_us))
+        body.update(await run_scoring(services, lambda: _predictions_block(services, models, view, now_us)))
     return JSONResponse(body)
 
 

@@ -12,7 +12,14 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
 from serving.batch_answer import encode, in_request_order, prediction_rows
-from serving.deps import NowDep, PredictionsReader, ReadyModelsDep, Services, ServicesDep
+from serving.deps import (
+    NowDep,
+    PredictionsReader,
+    ReadyModelsDep,
+    Services,
+    ServicesDep,
+    run_scoring,
+)
 from serving.errors import Problem, customer_not_found, problem_responses
 from serving.intervals import interval_fields, model_kinds
 from serving.models import CHURN, TIER_CHANGE, ModelSet, prediction_fields
@@ -48,7 +55,7 @@ def _count(services: Services, n: int) -> None:
     summary="Churn, upgrade and downgrade probabilities for one customer, with top reasons",
     responses=problem_responses(401, 403, 404, 422, 503),
 )
-def get_customer_predictions(
+async def get_customer_predictions(
     customer_id: Annotated[str, Path(min_length=1, max_length=256)],
     principal: PredictionsReader,
     services: ServicesDep,
@@ -59,16 +66,20 @@ def get_customer_predictions(
     ] = None,
 ) -> PredictionOut:
     k = services.settings.top_reasons if top_reasons is None else top_reasons
-    policy = services.policy()
-    features = customer_features(services.engine, customer_id, policy, now_us)
-    if features is None or len(features) == 0:
-        raise customer_not_found(customer_id)
-    scored = score(models, features, k)
+
+    def work() -> PredictionOut:
+        features = customer_features(services.engine, customer_id, services.policy(), now_us)
+        if features is None or len(features) == 0:
+            raise customer_not_found(customer_id)
+        scored = score(models, features, k)
+        tier = features["tier"].iloc[0] if "tier" in features else None
+        return prediction_out(
+            scored.iloc[0].to_dict(), None if pd.isna(tier) else str(tier), now_us, models
+        )
+
+    answer = await run_scoring(services, work)
     _count(services, 1)
-    tier = features["tier"].iloc[0] if "tier" in features else None
-    return prediction_out(
-        scored.iloc[0].to_dict(), None if pd.isna(tier) else str(tier), now_us, models
-    )
+    return answer
 
 
 @router.post(
@@ -77,7 +88,7 @@ def get_customer_predictions(
     summary="Predictions for a batch of customer ids (at most TIER_ML_MAX_PREDICTION_IDS)",
     responses=problem_responses(401, 403, 413, 422, 503),
 )
-def post_predictions(
+async def post_predictions(
     body: PredictionsIn,
     principal: PredictionsReader,
     services: ServicesDep,
@@ -93,10 +104,13 @@ def post_predictions(
             location="body",
         )
     ids = list(dict.fromkeys(body.customer_ids))
-    policy = services.policy()
-    features = batch_features(services.engine, ids, policy, now_us)
-    scored = in_request_order(score(models, features, body.top_reasons), ids)
-    tier_of = effective_tiers(services.engine, ids, now_us)
+
+    def work() -> tuple[pd.DataFrame, dict[str, str]]:
+        features = batch_features(services.engine, ids, services.policy(), now_us)
+        scored = in_request_order(score(models, features, body.top_reasons), ids)
+        return scored, effective_tiers(services.engine, ids, now_us)
+
+    scored, tier_of = await run_scoring(services, work)
     _count(services, len(scored))
     # Built column-wise as plain values and encoded once (10,000 pydantic objects, or a
     # dict per row through the per-row helpers and json.dumps, would cost more than the

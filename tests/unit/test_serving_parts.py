@@ -175,3 +175,40 @@ def test_settle_heap_freezes_what_is_alive() -> None:
 
     settle_heap()
     assert gc.get_freeze_count() > 0
+
+
+def test_scoring_runs_at_most_the_configured_number_at_once() -> None:
+    """Requests that score wait for a slot instead of all scoring on threads at once."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    import anyio
+
+    from serving.deps import run_scoring
+
+    services = SimpleNamespace(settings=SimpleNamespace(scoring_concurrency=2), caches={})
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def work(n: int) -> int:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return n * n
+
+    async def main() -> list[int]:
+        results = [0] * 6
+
+        async def one(n: int) -> None:
+            results[n] = await run_scoring(services, lambda: work(n))
+
+        async with anyio.create_task_group() as group:
+            for n in range(6):
+                group.start_soon(one, n)
+        return results
+
+    assert anyio.run(main) == [n * n for n in range(6)]
+    assert peak[0] == 2
