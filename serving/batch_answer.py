@@ -11,7 +11,6 @@ shortest round-trip form). Tests prove the rows equal the per-row helpers' outpu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from itertools import repeat
 from typing import Any
@@ -20,6 +19,7 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from serving.intervals import as_number
 from serving.models import reasons_list
 
 _ENCODER = msgspec.json.Encoder()
@@ -38,17 +38,7 @@ def _optional(frame: pd.DataFrame, name: str) -> list[float | None]:
     values = frame[name].to_numpy()
     if values.dtype.kind == "f":
         return [None if v != v else v for v in values.astype(np.float64).tolist()]
-    return [_number(v) for v in values.tolist()]
-
-
-def _number(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
+    return [as_number(v) for v in values.tolist()]
 
 
 def _reasons(frame: pd.DataFrame, name: str, n: int) -> Iterable[Any]:

@@ -25,7 +25,11 @@ DEFAULT_KIND = "lightgbm"
 
 
 def _number(row: dict[str, Any], name: str) -> float | None:
-    value = row.get(name)
+    return as_number(row.get(name))
+
+
+def as_number(value: Any) -> float | None:
+    """A model output cell as a float, or None (absent, not a number, NaN)."""
     if value is None:
         return None
     try:

@@ -306,18 +306,7 @@ class Repository:
 
     def _ledger_rows(self, customer_ids: Sequence[str]) -> list[Any]:
         """``(id, *LEDGER_COLUMNS)`` rows of the given customers."""
-        columns = ", ".join(["id", *LEDGER_COLUMNS])
-        rows: list[Any] = []
-        for chunk in _chunks(customer_ids):
-            if self.dialect == "postgresql":
-                sql = f"SELECT {columns} FROM order_events WHERE customer_id = ANY(%s)"
-                parameters: Any = (list(chunk),)
-            else:
-                marks = ", ".join("?" * len(chunk))
-                sql = f"SELECT {columns} FROM order_events WHERE customer_id IN ({marks})"
-                parameters = tuple(chunk)
-            rows.extend(self.connection.exec_driver_sql(sql, parameters).fetchall())
-        return rows
+        return self._rows_among("order_events", ["id", *LEDGER_COLUMNS], "customer_id", customer_ids)
 
     def _ledger_rows_after(self, last_ids: Mapping[str, int]) -> list[Any]:
         """``(id, *LEDGER_COLUMNS)`` rows of each customer with an id above the one given."""
