@@ -699,26 +699,6 @@ def classify_spark_frame(
     return tiers, found
 
 
-def classify_ledger_file(
-    policy: Policy, ledger: Path, as_of_us: int, spark: SparkSession | None = None
-) -> pd.DataFrame:
-    """The tiers of a store's ledger exported to a local Parquet file (``policy apply``).
-
-    With a local master the executors read the file itself. On a cluster they
-    cannot see the driver's temporary folder, so the rows are read here and
-    shipped to Spark as Arrow (the ledger was in the driver's memory already:
-    the store's ``ledger_frame``). Either way the answer is the batch path's.
-    """
-    spark = spark or spark_session()
-    source: Path | pd.DataFrame = ledger
-    if not spark.sparkContext.master.startswith("local"):
-        import pyarrow.parquet as pq
-
-        source = pq.read_table(ledger).to_pandas()
-    tiers, _ = classify_spark_frame(policy, source, as_of_us, spark=spark, rejects=False)
-    return tiers
-
-
 # --- writing ----------------------------------------------------------------------------------
 
 
