@@ -305,8 +305,9 @@ def _current_states(
     """Stored rules states that are the rules' state at ``as_of_us``, as ``_TIERS`` tuples.
 
     A stored state is that when it was evaluated under this policy (same fingerprint,
-    by the event path: after a ``policy apply`` wrote it, whose batch reclassification
-    stores money rounded to cents; version 1 is never such a rewrite) at or before
+    by the event path, not by a ``policy apply``: those states are exact too, but the
+    ones an apply left unchanged keep their older evaluation instant, so states of that
+    instant are replayed rather than told apart; version 1 is never such a rewrite) at or before
     ``as_of_us`` and nothing is due by then
     (maturity, window exit, grace end, an event dated later: ``next_due_at_us``), and
     the effective tier is the rules tier (an override or a grandfathered floor above the
