@@ -47,7 +47,6 @@ from tier_ml.policy import Policy
 from tier_ml.rules import replay
 
 #: The ledger columns ``LedgerReader.event`` takes, in its argument order (for replays).
-_LEDGER = ("event_id", "event_type", "order_id", "customer_id", "at_us", "amount", "currency", "channel", "region")
 _KIND_CODE = "CASE event_type WHEN 'placed' THEN 0 WHEN 'refunded' THEN 1 ELSE 2 END"
 #: The ledger columns the event features read; the event type as a small code (no text per
 #: row). Not the region: the features take it from the tier state (the latest placement's).
@@ -136,6 +135,7 @@ def _gc_paused() -> Iterator[None]:
 
 def _read_store(engine: Any, ids: list[str], policy: Policy, as_of_us: int) -> _StoreRead:
     """The customers' events, their current stored states and the raw rows of the others."""
+    from tier_ml.store.repository import LEDGER_COLUMNS
     from tier_ml.store.unit_of_work import UnitOfWork
 
     with _gc_paused(), UnitOfWork(engine, read_only=True) as uow:
@@ -164,7 +164,7 @@ def _read_store(engine: Any, ids: list[str], policy: Policy, as_of_us: int) -> _
         current = _current_states(states, policy, as_of_us, overridden, uow.repo.active_policy())
         placed = events.filter(pc.equal(events["event_type"], "placed"))["customer_id"]
         stale = set(pc.unique(placed).to_pylist()) - current.keys()
-        stale_rows = rows("order_events", _LEDGER, sorted(stale)) if stale else []
+        stale_rows = rows("order_events", LEDGER_COLUMNS, sorted(stale)) if stale else []
     return _StoreRead(events, current, stale_rows, stale)
 
 
@@ -344,7 +344,7 @@ def _replayed_states(
     ledger: list[Any], customer_ids: set[str], policy: Policy, as_of_us: int
 ) -> list[tuple[Any, ...]]:
     """The reference rules engine's state at ``as_of_us`` for customers without a current one
-    (``ledger``: their rows of ``_LEDGER``)."""
+    (``ledger``: their rows of ``tier_ml.store.repository.LEDGER_COLUMNS``)."""
     from tier_ml.store.intake import LedgerReader
 
     reader = LedgerReader(policy)
