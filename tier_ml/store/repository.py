@@ -15,10 +15,11 @@ lock that ``policy apply`` takes exclusively while it rewrites every state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -44,6 +45,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from tier_ml.events import EVENT_FIELDS, OrderEvent
 from tier_ml.policy import Policy, parse_policy
 from tier_ml.rules import ReplayCheckpoint
+from tier_ml.store import adbc_reads
 from tier_ml.store.cache import CachedLedger, LedgerCache
 from tier_ml.store.evaluation import Override, TierState, Transition
 from tier_ml.store.intake import LedgerReader, PlacedOrder, RawEvent
@@ -306,7 +308,9 @@ class Repository:
 
     def _ledger_rows(self, customer_ids: Sequence[str]) -> list[Any]:
         """``(id, *LEDGER_COLUMNS)`` rows of the given customers."""
-        return self._rows_among("order_events", ["id", *LEDGER_COLUMNS], "customer_id", customer_ids)
+        return self._rows_among(
+            "order_events", ["id", *LEDGER_COLUMNS], "customer_id", customer_ids
+        )
 
     def _ledger_rows_after(self, last_ids: Mapping[str, int]) -> list[Any]:
         """``(id, *LEDGER_COLUMNS)`` rows of each customer with an id above the one given."""
@@ -318,7 +322,10 @@ class Repository:
                     f"SELECT {columns} FROM unnest(%s::text[], %s::bigint[]) AS w(customer_id, after) "
                     "JOIN order_events e ON e.customer_id = w.customer_id AND e.id > w.after"
                 )
-                parameters: Any = (list(chunk), [last_ids[c] for c in chunk])
+                parameters: Any = (
+                    pg_array_literal(chunk, text=True),
+                    pg_array_literal([last_ids[c] for c in chunk], text=False),
+                )
             else:
                 values = ", ".join(["(?, ?)"] * len(chunk))
                 sql = (
@@ -339,8 +346,31 @@ class Repository:
     def ledger_table(self) -> pa.Table:
         """The whole ledger as Arrow text columns (``EVENT_FIELDS`` as delivered), in arrival
         order: the input of a batch classification (``policy apply``), read in bulk."""
-        sql = f"SELECT {', '.join(EVENT_FIELDS)} FROM order_events ORDER BY id"
+        table = self.detached_ledger_read()()
+        if table is not None:
+            return table
+        names = ", ".join(EVENT_FIELDS)
+        sql = f"SELECT {names} FROM order_events ORDER BY id"
         return self._arrow(sql, [(name, pa.string()) for name in EVENT_FIELDS])
+
+    def detached_ledger_read(self) -> Callable[[], pa.Table | None]:
+        """A read of ``ledger_table`` that needs neither this connection nor its thread: ADBC
+        (``adbc_reads``) on a connection of its own, reading exactly the ledger this
+        transaction sees: on SQLite up to the last id it sees (the ledger only grows, its ids
+        only rise), on PostgreSQL in this transaction's exported snapshot (valid while the
+        transaction is open). The read returns ``None`` when ADBC cannot read the store;
+        ``ledger_table`` then reads through this connection."""
+        fields = [(name, pa.string()) for name in EVENT_FIELDS]
+        names = ", ".join(EVENT_FIELDS)
+        url = self.connection.engine.url
+        if self.dialect == "sqlite":
+            last = self.connection.exec_driver_sql("SELECT max(id) FROM order_events").scalar()
+            sql = f"SELECT {names} FROM order_events WHERE id <= {int(last or 0)} ORDER BY id"
+            return functools.partial(adbc_reads.read_sqlite, url.database, sql, fields)
+        snapshot = self.connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar()
+        uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        sql = f"SELECT {names} FROM order_events ORDER BY id"
+        return functools.partial(adbc_reads.read_postgres, uri, str(snapshot), sql, fields)
 
     def recent_events(self, after_us: int) -> pd.DataFrame:
         """``customer_id, event_type, at_us`` of the ledger events dated after ``after_us``."""
@@ -575,8 +605,8 @@ class Repository:
         rows: list[Any] = []
         for chunk in _chunks(sorted(set(keys))):
             if self.dialect == "postgresql":
-                sql = f"SELECT {names} FROM {table} WHERE {key} = ANY(%s){extra}"
-                parameters: Any = (list(chunk),)
+                sql = f"SELECT {names} FROM {table} WHERE {key} = ANY(%s::text[]){extra}"
+                parameters: Any = (pg_array_literal(chunk, text=True),)
             else:
                 marks = ", ".join("?" * len(chunk))
                 sql = f"SELECT {names} FROM {table} WHERE {key} IN ({marks}){extra}"
@@ -623,10 +653,19 @@ class Repository:
             return
         if self.dialect == "postgresql":
             # one statement whatever the row count: a column array per column, unnested
-            arrays = ", ".join(f"%s::{_PG_ARRAY[type(table.c[name].type)]}" for name in columns)
+            kinds = [_PG_ARRAY[type(table.c[name].type)] for name in columns]
+            arrays = ", ".join(f"%s::{kind}" for kind in kinds)
             sql = f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}) {conflict}"
+            texts = [kind == "text[]" for kind in kinds]
             for chunk in _chunks(rows, 50_000):
-                self.connection.exec_driver_sql(sql, tuple(list(column) for column in zip(*chunk, strict=True)))
+                columns_of_chunk = zip(*chunk, strict=True)
+                self.connection.exec_driver_sql(
+                    sql,
+                    tuple(
+                        pg_array_literal(column, text=is_text)
+                        for column, is_text in zip(columns_of_chunk, texts, strict=True)
+                    ),
+                )
             return
         marks = ", ".join(["?"] * len(columns))
         sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}) {conflict}"
@@ -657,6 +696,29 @@ class Repository:
                 f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {staging} {conflict}"
             )
             cursor.execute(f"DROP TABLE {staging}")
+
+
+def pg_array_literal(values: Sequence[Any], *, text: bool) -> str:
+    """``values`` as the text of a PostgreSQL array (``{"a","b",NULL}``, ``{1,2,NULL}``), the
+    parameter of an ``%s::text[]`` / ``%s::bigint[]``: built by ``str.join``, it costs a
+    third of psycopg's dumping of a Python list value by value (measured on every
+    ingest batch, whose keys and rows go to the server as arrays)."""
+    if not values:
+        return "{}"
+    if not text:
+        if None not in values:
+            return "{" + ",".join(map(str, values)) + "}"
+        return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+    if None not in values and all(type(v) is str for v in values):
+        body = '","'.join(values)
+        # each separator holds two quotes: any more, or a backslash, needs escapes
+        if "\\" not in body and body.count('"') == 2 * (len(values) - 1):
+            return '{"' + body + '"}'
+    return "{" + ",".join("NULL" if v is None else _quoted_element(str(v)) for v in values) + "}"
+
+
+def _quoted_element(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 #: ``tier_state`` columns in the order of ``TierState``'s fields; ``overrides`` columns in the

@@ -32,7 +32,7 @@ that reads the clock, so backfills and tests choose theirs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -925,14 +925,14 @@ def _policy_plan(
     path's rules states (on ``batch_engine``), then floors in force (earlier grandfathering,
     and new floors when ``grandfather_until_us`` is given), then active overrides on top.
 
-    DuckDB classifies the ledger in a worker thread (it runs outside the GIL) while
-    this one reads the stored states, floors and overrides from the same transaction."""
+    A worker thread reads the ledger (ADBC, on a connection of its own, as this
+    transaction sees it) and DuckDB classifies it, both outside the GIL, while this
+    thread reads the stored states, floors and overrides from the transaction."""
     active = _existing_policy(repo)
     _check_clock(repo, active, now_us)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tier-ml-classify") as pool:
-        ledger = repo.ledger_table()
         classified = (
-            pool.submit(_classify_ledger, policy, ledger, now_us, batch_engine)
+            pool.submit(_read_and_classify, repo.detached_ledger_read(), policy, now_us)
             if batch_engine == "duckdb"
             else None
         )
@@ -940,12 +940,9 @@ def _policy_plan(
         recent = repo.recent_events(now_us - policy.buffer_us)
         stored_floors = grandfather.all_floors(repo)
         overrides = repo.all_open_overrides()
-        engine_states = (
-            classified.result()
-            if classified is not None
-            else _classify_ledger(policy, ledger, now_us, batch_engine)
-        )
-        del ledger
+        engine_states = classified.result() if classified is not None else None
+    if engine_states is None:  # Spark, or a store ADBC cannot read: through this connection
+        engine_states = _classify_ledger(policy, repo.ledger_table(), now_us, batch_engine)
     proposed = _states_from_engine(engine_states, policy, current["customer_id"], now_us)
     proposed["next_due_at_us"] = _next_due_column(proposed, recent, policy, now_us)
     floors = {c: f for c, f in stored_floors.items() if f.active_at(now_us)}
@@ -989,6 +986,14 @@ def preview_policy(
         return plan.preview(sample)
 
     return run_in_transaction(engine, work, read_only=True)
+
+
+def _read_and_classify(
+    read_ledger: Callable[[], pa.Table | None], policy: Policy, now_us: int
+) -> pd.DataFrame | None:
+    """``_classify_ledger`` on DuckDB of the ledger ``read_ledger`` gives (``None`` if none)."""
+    ledger = read_ledger()
+    return None if ledger is None else _classify_ledger(policy, ledger, now_us)
 
 
 def _classify_ledger(

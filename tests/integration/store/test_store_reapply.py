@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from sqlalchemy import insert
 
@@ -11,7 +12,7 @@ from tests.integration.store.support import END_OF_SIMULATION, simulated, snapsh
 from tier_ml.events import EVENT_FIELDS
 from tier_ml.money import MICROS_PER_DAY
 from tier_ml.policy import load_policy
-from tier_ml.store import repository, service
+from tier_ml.store import adbc_reads, repository, service
 from tier_ml.store.repository import CUSTOMERS, EVENTS, STATE_FIELDS
 from tier_ml.store.unit_of_work import run_in_transaction
 
@@ -60,9 +61,10 @@ def test_reapplying_later_writes_what_a_sweep_writes(loaded, new_store_url) -> N
 TRICKY = ["a,b", 'say "hi"', "line\nbreak", "tab\there", "back\\slash", "", " padded ", "é€"]
 
 
-def _tricky_ledger(engine) -> None:
-    """Ledger rows with text CSV must quote (and NULLs next to empty strings), written as is."""
-    rows = []
+def _tricky_ledger(engine, leading: list[dict] | None = None) -> None:
+    """Ledger rows with text CSV must quote (and NULLs next to empty strings), written as is,
+    after the ``leading`` rows (customers C0 to C2)."""
+    rows = list(leading or [])
     for i, text in enumerate(TRICKY):
         rows.append(
             {
@@ -99,6 +101,68 @@ def test_bulk_ledger_read_keeps_every_value(engine) -> None:
     assert table.column_names == list(EVENT_FIELDS)
     assert table.to_pylist() == frame[list(EVENT_FIELDS)].to_dict("records")
     assert {row["channel"] for row in table.to_pylist()} == set(TRICKY)
+
+
+def test_ledger_is_read_by_adbc_with_every_value(engine, monkeypatch) -> None:
+    """The ledger comes through ADBC (the driver's row path is made to fail here), equal to
+    the driver's rows, also when a text column's first 3,000 values are NULL (ADBC's SQLite
+    driver would otherwise take that column for integers and stop at the first text)."""
+    nulls = [
+        {
+            "event_id": f"N{i}",
+            "event_type": "cancelled",
+            "order_id": f"N{i}",
+            "customer_id": "C0",
+            "occurred_at": "2025-01-02T00:00:00Z",
+            "at_us": 2 + i,
+            "amount": None,
+            "currency": None,
+            "channel": None,
+            "region": None,
+            "received_at_us": 1,
+        }
+        for i in range(3_000)
+    ]
+    _tricky_ledger(engine, leading=nulls)
+    frame = run_in_transaction(engine, lambda uow: uow.repo.ledger_frame(), read_only=True)
+
+    def no_driver_rows(*args, **kwargs):
+        raise AssertionError("the ledger was read through the Python driver")
+
+    monkeypatch.setattr(repository.Repository, "_arrow", no_driver_rows)
+    table = run_in_transaction(engine, lambda uow: uow.repo.ledger_table(), read_only=True)
+    assert table.schema == pa.schema([(name, pa.string()) for name in EVENT_FIELDS])
+    assert table.to_pylist() == frame[list(EVENT_FIELDS)].to_dict("records")
+    assert table.num_rows == 3_000 + len(TRICKY)
+
+
+def test_ledger_read_sees_what_its_transaction_sees(engine) -> None:
+    """ADBC reads on a connection of its own, yet it reads the ledger this transaction sees
+    when another writer commits events meanwhile: on SQLite the transaction's snapshot (up to
+    the last id it sees), on PostgreSQL (read committed) the exported snapshot of now."""
+    _, rows = simulated(20)
+    rows = list(rows)
+    service.apply_events(engine, rows[:-5], END_OF_SIMULATION, load_policy(None))
+
+    def read(uow):
+        seen = uow.repo.count("order_events")  # SQLite: the transaction's snapshot starts here
+        service.apply_events(engine, rows[-5:], END_OF_SIMULATION, load_policy(None))
+        return seen, uow.repo.ledger_table(), uow.repo.count("order_events")
+
+    seen, table, after = run_in_transaction(engine, read, read_only=True)
+    later = run_in_transaction(engine, lambda uow: uow.repo.count("order_events"))
+    assert later > seen
+    assert table.num_rows == after == (seen if engine.dialect.name == "sqlite" else later)
+    assert run_in_transaction(engine, lambda uow: uow.repo.ledger_table()).num_rows == later
+
+
+def test_adbc_reader_declines_what_it_cannot_read(tmp_path) -> None:
+    fields = [("a", pa.string())]
+    assert adbc_reads.read_sqlite(None, "SELECT 1", fields) is None
+    assert adbc_reads.read_sqlite(":memory:", "SELECT 1", fields) is None
+    assert adbc_reads.read_sqlite(str(tmp_path / "none.sqlite"), "SELECT a FROM t", fields) is None
+    unreachable = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
+    assert adbc_reads.read_postgres(unreachable, "00000003-1", "SELECT 1", fields) is None
 
 
 def test_bulk_state_writes_and_reads_keep_every_value(engine, monkeypatch) -> None:
