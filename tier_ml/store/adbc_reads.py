@@ -62,7 +62,9 @@ def read_sqlite(database: str | None, sql: str, fields: Fields) -> pa.Table | No
         command = [sys.executable, "-m", __name__, database, sql, str(out)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            log.debug("ADBC read of %s fell back to the sqlite3 driver: %s", database, done.stderr)
+            log.warning(
+                "ADBC read of %s failed, reading through sqlite3: %s", database, done.stderr[-500:]
+            )
             return None
         with pa.OSFile(str(out)) as source:
             table = pa.ipc.open_file(source).read_all()
@@ -108,7 +110,7 @@ def _read(module: str, target: str, run: Callable[[Any], None], fields: Fields) 
             run(cursor)
             table = cursor.fetch_arrow_table()
     except Exception as exc:  # any failure: the caller reads through its own driver
-        log.debug("ADBC read (%s) fell back to the Python driver: %s", module, exc)
+        log.warning("ADBC read (%s) failed, reading through the Python driver: %s", module, exc)
         return None
     return _as_fields(table, fields)
 

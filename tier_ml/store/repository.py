@@ -559,6 +559,8 @@ class Repository:
                 chunks.append(pa.array(rows, type=struct))
         finally:
             result.close()
+        if not chunks:  # no row (a store whose every event was rejected)
+            return pa.schema(list(fields)).empty_table()
         return pa.Table.from_struct_array(pa.chunked_array(chunks, type=struct))
 
     def _arrow_by_copy(

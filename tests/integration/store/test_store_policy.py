@@ -133,3 +133,21 @@ def test_overrides_survive_a_policy_change(loaded) -> None:
     service.apply_policy(engine, NEW_POLICY, "bob", END_OF_SIMULATION)
     tiers = service.export_tiers(engine, END_OF_SIMULATION).set_index("customer_id")
     assert tiers.loc[customer, "tier"] == "VIP"
+
+
+def test_a_store_without_customers_takes_a_policy_and_exports_nothing(engine) -> None:
+    """The first batch stores the policy even when every event is rejected: the store then
+    has a policy but no tier state, and a policy apply, its dry run and the export answer
+    with no customers (they used to fail on the empty state table)."""
+    refund_of_nothing = {
+        "event_id": "E1", "event_type": "refunded", "order_id": "O-unknown",
+        "customer_id": "C1", "occurred_at": "2025-01-01T00:00:00Z", "amount": "5",
+        "currency": "USD", "channel": "web", "region": "US",
+    }  # fmt: skip
+    result = service.apply_events(engine, [refund_of_nothing], END_OF_SIMULATION, load_policy(None))
+    assert result.counts["rejected"] == 1 and result.customers == 0
+    preview = service.apply_policy(engine, NEW_POLICY, "bob", LATER, dry_run=True)
+    assert preview.customers == 0 and preview.changed == 0
+    applied = service.apply_policy(engine, NEW_POLICY, "bob", LATER)
+    assert applied.version == 2 and applied.states_written == 0
+    assert service.export_tiers(engine).empty
