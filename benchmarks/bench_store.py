@@ -35,6 +35,7 @@ process, the load average, and the ratio to ``classify``. It prints JSON lines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -48,14 +49,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tier_ml.batch import classify_frame
-from tier_ml.events import EVENT_FIELDS, frame_records, parse_instant
+from tier_ml.batch import classify_frame, sql_literal
+from tier_ml.events import frame_records, parse_instant
 from tier_ml.policy import load_policy, parse_policy
 from tier_ml.simulate import SimulationConfig, simulate
 from tier_ml.store import service
@@ -157,11 +159,11 @@ def run_backend(url: str, rows: list[dict[str, Any]], single: int) -> dict[str, 
 def measure_reapply(engine: Any, end: int) -> tuple[dict[str, Any], int]:
     """``classify`` of the store's ledger (as a Parquet file) then ``apply_policy`` with
     ``new_policy`` at ``end``: wall and CPU seconds (this process) and the ratio."""
-    ledger = run_in_transaction(engine, lambda uow: uow.repo.ledger_frame(), read_only=True)
+    ledger = run_in_transaction(engine, lambda uow: uow.repo.ledger_table(), read_only=True)
     target = new_policy()
     with tempfile.TemporaryDirectory() as folder:  # classify of the same events as a file
         path = Path(folder) / "ledger.parquet"
-        ledger[list(EVENT_FIELDS)].astype("string").to_parquet(path, index=False)
+        pq.write_table(ledger, path)
         del ledger
         began, cpu_began = time.perf_counter(), cpu_with_children()
         tiers, _ = classify_frame(target, path, end)
@@ -226,6 +228,70 @@ def cached_store(cache: Path, events: int, seed: int, single: int) -> tuple[Path
     return path, end
 
 
+def bulk_store(cache: Path, events: Path) -> tuple[Path, int]:
+    """A SQLite store holding the events file ``events`` (say the 1M-customer classify data),
+    loaded in bulk rather than ingested (10M events would take half an hour one batch at a
+    time): each event id once, rows with an instant, customer and order, as delivered
+    text; the first placement of each order in ``orders``; the default policy stored
+    and applied (every state written). Built once and kept. Returns it and the instant
+    30 days after the last event."""
+    path = cache / f"bulk_{events.stem}.sqlite"
+    end_file = path.with_suffix(".end")
+    if path.exists() and end_file.exists():
+        return path, int(end_file.read_text())
+    import duckdb
+
+    building = path.with_suffix(".building")
+    building.unlink(missing_ok=True)
+    engine = service.open_store(f"sqlite:///{building}")
+    con = duckdb.connect()
+    con.execute(
+        f"""
+        CREATE TABLE ledger AS
+        SELECT event_id, event_type, order_id, customer_id,
+               strftime(occurred_at, '%Y-%m-%dT%H:%M:%S.%fZ') AS occurred_at,
+               epoch_us(occurred_at) AS at_us, CAST(amount AS VARCHAR) AS amount,
+               currency, channel, region
+        FROM (SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY file_row_number) AS copy
+              FROM read_parquet({sql_literal(str(events))}, file_row_number = true))
+        WHERE copy = 1 AND occurred_at IS NOT NULL AND customer_id IS NOT NULL
+          AND order_id IS NOT NULL AND event_type IN ('placed', 'refunded', 'cancelled')
+        ORDER BY at_us, event_id
+        """
+    )
+    last = con.execute("SELECT max(at_us) FROM ledger").fetchone()[0]
+    end = int(last) + 30 * 86_400_000_000
+    names = "event_id, event_type, order_id, customer_id, occurred_at, at_us, amount, currency, channel, region"
+    with contextlib.closing(sqlite3.connect(building)) as lite, lite:  # closed: WAL folded in
+        lite.executemany(
+            "INSERT INTO customers (customer_id, first_seen_at_us) VALUES (?, ?)",
+            con.execute("SELECT customer_id, min(at_us) FROM ledger GROUP BY 1").fetchall(),
+        )
+        reader = con.sql(f"SELECT {names}, at_us FROM ledger").to_arrow_reader(200_000)
+        for batch in reader:
+            lite.executemany(
+                f"INSERT INTO order_events ({names}, received_at_us) VALUES ({', '.join('?' * 11)})",
+                zip(*(column.to_pylist() for column in batch.columns), strict=True),
+            )
+        lite.executemany(
+            "INSERT INTO orders (order_id, customer_id, placed_event_id, placed_at_us) VALUES (?, ?, ?, ?)",
+            con.execute(
+                "SELECT order_id, arg_min(customer_id, (at_us, event_id)), "
+                "arg_min(event_id, (at_us, event_id)), min(at_us) "
+                "FROM ledger WHERE event_type = 'placed' GROUP BY order_id"
+            ).fetchall(),
+        )
+    con.close()
+    run_in_transaction(
+        engine, lambda uow: uow.repo.add_policy_version(load_policy(None), "bench", 0, None)
+    )
+    service.apply_policy(engine, load_policy(None), "bench", end)  # every customer's state
+    engine.dispose()
+    building.rename(path)
+    end_file.write_text(str(end))
+    return path, end
+
+
 def load_into_postgres(source: Path, url: str) -> None:
     """Copy every table of the SQLite store ``source`` into the (migrated) store at ``url``."""
     from tier_ml.store.models import Base
@@ -256,7 +322,10 @@ def reapply_only(args: argparse.Namespace) -> None:
     """``--only reapply``: the re-apply on fresh copies of the cached store, ``--repeat`` times."""
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    store, end = cached_store(cache, args.events, args.seed, args.single)
+    if args.from_events:
+        store, end = bulk_store(cache, Path(args.from_events))
+    else:
+        store, end = cached_store(cache, args.events, args.seed, args.single)
     for _ in range(args.repeat):
         for backend in args.backends.split(","):
             with tempfile.TemporaryDirectory() as folder:
@@ -310,7 +379,11 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=2_000, help="Events applied one by one.")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--write", action="store_true", help=f"Also write the section to {REPORT.relative_to(ROOT)}.")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"Also write the section to {REPORT.relative_to(ROOT)}.",
+    )
     parser.add_argument(
         "--only",
         choices=("all", "reapply"),
@@ -324,6 +397,12 @@ def main() -> None:
         "--cache",
         default=str(ROOT / ".bench"),
         help="With --only reapply: where the store built from the stream is kept.",
+    )
+    parser.add_argument(
+        "--from-events",
+        metavar="PARQUET",
+        help="With --only reapply: a store loaded in bulk from this events file (e.g. the 1M-customer "
+        "data of bench_classify) instead of the ingested stream.",
     )
     args = parser.parse_args()
     if args.only == "reapply":

@@ -20,7 +20,7 @@ must never open one database file in the same process: closing a file in one
 drops the POSIX locks the other holds (sqlite.org/howtocorrupt.html, 2.2.1; we
 saw "disk I/O error" on the store right after). So the SQLite read runs in a
 child process (about 0.2 s to start), which hands the rows back as an Arrow IPC
-file. ADBC's SQLite driver infers a column's type from the rows of a batch (a
+stream through a pipe. ADBC's SQLite driver infers a column's type from the rows of a batch (a
 text column whose first rows are all NULL would be taken for integers, and
 then fail), so the whole result is read as one batch; every column is cast to
 the type asked for. Any failure returns ``None``: the caller then reads
@@ -29,11 +29,11 @@ through its own driver, so ADBC only ever makes a read faster.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,31 +49,47 @@ _ONE_BATCH = str(2**30)
 Fields = Sequence[tuple[str, pa.DataType]]
 
 
-def read_sqlite(database: str | None, sql: str, fields: Fields) -> pa.Table | None:
-    """The rows of ``sql`` in the SQLite file ``database`` as an Arrow table of ``fields``
-    (its columns, in order), read by ADBC in a child process; ``None`` when that cannot read
-    it (an in-memory or missing database, a value of another type)."""
+def read_sqlite(database: str | None, sqls: Sequence[str], fields: Fields) -> pa.Table | None:
+    """The rows of the queries ``sqls``, one after the other, in the SQLite file ``database``
+    as one Arrow table of ``fields`` (its columns, in order). Each query is read by ADBC in a
+    child process of its own, all at once (on several cores, while the caller goes on).
+    ``None`` when that cannot read it (an in-memory or missing database, a value of another
+    type)."""
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     if not Path(database).is_file():
         return None
-    with tempfile.TemporaryDirectory(prefix="tier-ml-read-") as folder:
-        out = Path(folder) / "rows.arrow"
-        command = [sys.executable, "-m", __name__, database, sql, str(out)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            log.warning(
-                "ADBC read of %s failed, reading through sqlite3: %s", database, done.stderr[-500:]
-            )
-            return None
-        with pa.OSFile(str(out)) as source:
-            table = pa.ipc.open_file(source).read_all()
-    return _as_fields(table, fields)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", __name__, database, sql],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for sql in sqls
+    ]
+    tables, problems = [], []
+    for child in children:  # each child's rows come as one batch, at its end
+        with child:
+            assert child.stdout is not None and child.stderr is not None
+            with contextlib.suppress(pa.ArrowInvalid):  # nothing came: the child failed
+                tables.append(pa.ipc.open_stream(child.stdout).read_all())
+            problems.append(child.stderr.read().decode(errors="replace"))
+        if child.returncode != 0:
+            problems.append(f"exit status {child.returncode}")
+    if len(tables) != len(children) or any(c.returncode != 0 for c in children):
+        problem = " ".join(p for p in problems if p)[-500:]
+        log.warning("ADBC read of %s failed, reading through sqlite3: %s", database, problem)
+        return None
+    typed = [_as_fields(table, fields) for table in tables]
+    if any(table is None for table in typed):
+        return None
+    return pa.concat_tables(typed)
 
 
-def _sqlite_child(database: str, sql: str, out: str) -> None:
-    """In the child process: the rows of ``sql`` as one Arrow IPC file ``out``. ADBC's low-level
-    API: its DB-API module imports pandas, which would double the child's start."""
+def _sqlite_child(database: str, sql: str) -> None:
+    """In the child process: the rows of ``sql`` as an Arrow IPC stream on standard output
+    (a pipe: no file to write and read back). ADBC's low-level API: its DB-API module
+    imports pandas, which would double the child's start."""
     import adbc_driver_manager
     import adbc_driver_sqlite
 
@@ -86,7 +102,10 @@ def _sqlite_child(database: str, sql: str, out: str) -> None:
         statement.set_sql_query(sql)
         stream, _ = statement.execute_query()
         reader = pa.RecordBatchReader._import_from_c(stream.address)
-        with pa.OSFile(out, "wb") as sink, pa.ipc.new_file(sink, reader.schema) as writer:
+        with (
+            pa.PythonFile(sys.stdout.buffer, mode="w") as sink,
+            pa.ipc.new_stream(sink, reader.schema) as writer,
+        ):
             for batch in reader:
                 writer.write_batch(batch)
 
@@ -127,4 +146,4 @@ def _as_fields(table: pa.Table, fields: Fields) -> pa.Table | None:
 
 
 if __name__ == "__main__":  # the child process of ``read_sqlite``
-    _sqlite_child(*sys.argv[1:4])
+    _sqlite_child(*sys.argv[1:3])

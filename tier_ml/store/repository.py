@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import itertools
 import json
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -94,6 +95,10 @@ ARROW_FETCH = 100_000
 #: states, audit and outbox rows); smaller ones (an ingest batch of the default 1,000 events)
 #: stay one ``unnest`` insert.
 PG_COPY_ROWS = 2_000
+#: Child processes that read a large SQLite ledger side by side (``detached_ledger_read``):
+#: one per ``SQLITE_READER_ROWS`` events, at most ``SQLITE_READERS``.
+SQLITE_READERS = 2
+SQLITE_READER_ROWS = 200_000
 
 
 @dataclass(frozen=True)
@@ -364,9 +369,16 @@ class Repository:
         names = ", ".join(EVENT_FIELDS)
         url = self.connection.engine.url
         if self.dialect == "sqlite":
-            last = self.connection.exec_driver_sql("SELECT max(id) FROM order_events").scalar()
-            sql = f"SELECT {names} FROM order_events WHERE id <= {int(last or 0)} ORDER BY id"
-            return functools.partial(adbc_reads.read_sqlite, url.database, sql, fields)
+            sql = "SELECT min(id), max(id), count(*) FROM order_events"
+            first, last, count = self.connection.exec_driver_sql(sql).one()
+            parts = min(SQLITE_READERS, max(1, count // SQLITE_READER_ROWS))
+            cuts = [(first or 0) + ((last or 0) - (first or 0) + 1) * i // parts for i in range(parts)]
+            cuts.append((last or 0) + 1)
+            sqls = [
+                f"SELECT {names} FROM order_events WHERE id >= {low} AND id < {high} ORDER BY id"
+                for low, high in itertools.pairwise(cuts)
+            ]
+            return functools.partial(adbc_reads.read_sqlite, url.database, sqls, fields)
         snapshot = self.connection.exec_driver_sql("SELECT pg_export_snapshot()").scalar()
         uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
         sql = f"SELECT {names} FROM order_events ORDER BY id"

@@ -103,10 +103,14 @@ def test_bulk_ledger_read_keeps_every_value(engine) -> None:
     assert {row["channel"] for row in table.to_pylist()} == set(TRICKY)
 
 
-def test_ledger_is_read_by_adbc_with_every_value(engine, monkeypatch) -> None:
+@pytest.mark.parametrize("readers", [1, 3])
+def test_ledger_is_read_by_adbc_with_every_value(engine, monkeypatch, readers) -> None:
     """The ledger comes through ADBC (the driver's row path is made to fail here), equal to
-    the driver's rows, also when a text column's first 3,000 values are NULL (ADBC's SQLite
-    driver would otherwise take that column for integers and stop at the first text)."""
+    the driver's rows in their order, also when a text column's first 3,000 values are NULL
+    (ADBC's SQLite driver would otherwise take that column for integers and stop at the first
+    text), and when SQLite's ledger is read in parts by several child processes."""
+    monkeypatch.setattr(repository, "SQLITE_READERS", readers)
+    monkeypatch.setattr(repository, "SQLITE_READER_ROWS", 1_000)
     nulls = [
         {
             "event_id": f"N{i}",
@@ -158,9 +162,12 @@ def test_ledger_read_sees_what_its_transaction_sees(engine) -> None:
 
 def test_adbc_reader_declines_what_it_cannot_read(tmp_path) -> None:
     fields = [("a", pa.string())]
-    assert adbc_reads.read_sqlite(None, "SELECT 1", fields) is None
-    assert adbc_reads.read_sqlite(":memory:", "SELECT 1", fields) is None
-    assert adbc_reads.read_sqlite(str(tmp_path / "none.sqlite"), "SELECT a FROM t", fields) is None
+    assert adbc_reads.read_sqlite(None, ["SELECT 1"], fields) is None
+    assert adbc_reads.read_sqlite(":memory:", ["SELECT 1"], fields) is None
+    assert adbc_reads.read_sqlite(str(tmp_path / "none.sqlite"), ["SELECT 1"], fields) is None
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"not a database")
+    assert adbc_reads.read_sqlite(str(broken), ["SELECT 1", "SELECT 2"], fields) is None
     unreachable = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
     assert adbc_reads.read_postgres(unreachable, "00000003-1", "SELECT 1", fields) is None
 
