@@ -369,10 +369,11 @@ class Repository:
         names = ", ".join(EVENT_FIELDS)
         url = self.connection.engine.url
         if self.dialect == "sqlite":
-            sql = "SELECT min(id), max(id), count(*) FROM order_events"
-            first, last, count = self.connection.exec_driver_sql(sql).one()
-            parts = min(SQLITE_READERS, max(1, count // SQLITE_READER_ROWS))
-            cuts = [(first or 0) + ((last or 0) - (first or 0) + 1) * i // parts for i in range(parts)]
+            sql = "SELECT min(id), max(id) FROM order_events"  # the rowid's ends: no scan
+            first, last = self.connection.exec_driver_sql(sql).one()
+            span = (last or 0) - (first or 0) + 1  # ids are dense: about the event count
+            parts = min(SQLITE_READERS, max(1, span // SQLITE_READER_ROWS))
+            cuts = [(first or 0) + span * i // parts for i in range(parts)]
             cuts.append((last or 0) + 1)
             sqls = [
                 f"SELECT {names} FROM order_events WHERE id >= {low} AND id < {high} ORDER BY id"

@@ -760,19 +760,24 @@ def apply_policy(
         grandfather.record_choice(repo, new.version, grandfather_until_us, note)
         grandfather.add_floors(repo, plan.new_floors, actor, note)
         changed = plan.changed_states()
-        repo.save_state_tuples(_state_tuples(changed))
-        transitions = plan.transitions(actor, note)
-        held = grandfather.held_transitions(plan.merged, plan.new_floors, policy, actor, note)
+        # The states are written by a worker thread while this one builds the audit and outbox
+        # rows and the preview (no database work): on PostgreSQL the upsert is mostly the
+        # server's time. The connection is the worker's until the write is done.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tier-ml-save") as pool:
+            saving = pool.submit(repo.save_state_tuples, _state_tuples(changed))
+            transitions = plan.transitions(actor, note)
+            held = grandfather.held_transitions(plan.merged, plan.new_floors, policy, actor, note)
+            messages = [
+                _outbox_row(n, new.version, now_us, 0, f"policy-{new.version}")
+                for n in plan.notices(transitions)
+            ]
+            result = plan.result()
+            result.preview = plan.preview(sample)
+            saving.result()
         repo.add_audit([*transitions, *held], new.version, now_us)
-        messages = [
-            _outbox_row(n, new.version, now_us, 0, f"policy-{new.version}")
-            for n in plan.notices(transitions)
-        ]
         repo.add_outbox(messages)
-        result = plan.result()
         result.version, result.dry_run, result.states_written = new.version, False, len(changed)
         result.transitions = transitions
-        result.preview = plan.preview(sample)
         return result
 
     return run_in_transaction(engine, work, exclusive=True)
