@@ -35,6 +35,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,16 +111,25 @@ def _sqlite_child(database: str, sql: str) -> None:
                 writer.write_batch(batch)
 
 
-def read_postgres(uri: str, snapshot: str, sql: str, fields: Fields) -> pa.Table | None:
-    """The rows of ``sql`` on the PostgreSQL server at ``uri`` (a libpq URI) as seen by the
-    exported ``snapshot``, as an Arrow table of ``fields``; ``None`` when ADBC cannot."""
+def read_postgres(uri: str, snapshot: str, sqls: Sequence[str], fields: Fields) -> pa.Table | None:
+    """The rows of the queries ``sqls``, one after the other, on the PostgreSQL server at
+    ``uri`` (a libpq URI) as seen by the exported ``snapshot``, as one Arrow table of
+    ``fields``: each query on a connection of its own, all at once (each has a server
+    process, and ADBC decodes outside the GIL). ``None`` when ADBC cannot read them."""
 
-    def run(cursor: Any) -> None:
-        cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        cursor.execute("SET TRANSACTION SNAPSHOT '" + snapshot.replace("'", "''") + "'")
-        cursor.execute(sql)
+    def read(sql: str) -> pa.Table | None:
+        def run(cursor: Any) -> None:
+            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cursor.execute("SET TRANSACTION SNAPSHOT '" + snapshot.replace("'", "''") + "'")
+            cursor.execute(sql)
 
-    return _read("adbc_driver_postgresql.dbapi", uri, run, fields)
+        return _read("adbc_driver_postgresql.dbapi", uri, run, fields)
+
+    with ThreadPoolExecutor(max_workers=len(sqls), thread_name_prefix="tier-ml-read") as pool:
+        tables = list(pool.map(read, sqls))
+    if any(table is None for table in tables):
+        return None
+    return pa.concat_tables(tables)
 
 
 def _read(module: str, target: str, run: Callable[[Any], None], fields: Fields) -> pa.Table | None:

@@ -108,9 +108,10 @@ def test_ledger_is_read_by_adbc_with_every_value(engine, monkeypatch, readers) -
     """The ledger comes through ADBC (the driver's row path is made to fail here), equal to
     the driver's rows in their order, also when a text column's first 3,000 values are NULL
     (ADBC's SQLite driver would otherwise take that column for integers and stop at the first
-    text), and when SQLite's ledger is read in parts by several child processes."""
-    monkeypatch.setattr(repository, "SQLITE_READERS", readers)
-    monkeypatch.setattr(repository, "SQLITE_READER_ROWS", 1_000)
+    text), and when the ledger is read in parts side by side (SQLite: child processes,
+    PostgreSQL: connections sharing one snapshot)."""
+    monkeypatch.setattr(repository, "LEDGER_READERS", readers)
+    monkeypatch.setattr(repository, "LEDGER_READER_ROWS", 1_000)
     nulls = [
         {
             "event_id": f"N{i}",
@@ -169,7 +170,7 @@ def test_adbc_reader_declines_what_it_cannot_read(tmp_path) -> None:
     broken.write_bytes(b"not a database")
     assert adbc_reads.read_sqlite(str(broken), ["SELECT 1", "SELECT 2"], fields) is None
     unreachable = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
-    assert adbc_reads.read_postgres(unreachable, "00000003-1", "SELECT 1", fields) is None
+    assert adbc_reads.read_postgres(unreachable, "00000003-1", ["SELECT 1"], fields) is None
 
 
 def test_bulk_state_writes_and_reads_keep_every_value(engine, monkeypatch) -> None:
