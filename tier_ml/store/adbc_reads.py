@@ -18,13 +18,17 @@ caller's transaction reads:
 The ADBC SQLite driver carries its own copy of SQLite. Two copies of SQLite
 must never open one database file in the same process: closing a file in one
 drops the POSIX locks the other holds (sqlite.org/howtocorrupt.html, 2.2.1; we
-saw "disk I/O error" on the store right after). So the SQLite read runs in a
-child process (about 0.2 s to start), which hands the rows back as an Arrow IPC
-stream through a pipe. ADBC's SQLite driver infers a column's type from the rows of a batch (a
-text column whose first rows are all NULL would be taken for integers, and
-then fail), so the whole result is read as one batch; every column is cast to
-the type asked for. Any failure returns ``None``: the caller then reads
-through its own driver, so ADBC only ever makes a read faster.
+saw "disk I/O error" on the store right after). So each SQLite query runs in a
+child process (about 0.25 s to start), which hands the rows back as an Arrow
+IPC stream through a pipe. That driver infers a column's type from the rows of
+a batch (a text column whose first rows are all NULL would be taken for
+integers, and then fail), so a query's whole result is read as one batch, and
+every column is cast to the type asked for.
+
+Several queries (parts of one table) are read side by side: child processes on
+SQLite, connections sharing the snapshot on PostgreSQL. Any failure returns
+``None``: the caller then reads through its own driver, so ADBC only ever makes
+a read faster.
 """
 
 from __future__ import annotations
