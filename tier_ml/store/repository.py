@@ -348,10 +348,11 @@ class Repository:
             select(*columns, EVENTS.c.at_us).order_by(EVENTS.c.id), [*EVENT_FIELDS, "at_us"]
         )
 
-    def ledger_table(self) -> pa.Table:
+    def ledger_table(self, *, adbc: bool = True) -> pa.Table:
         """The whole ledger as Arrow text columns (``EVENT_FIELDS`` as delivered), in arrival
-        order: the input of a batch classification (``policy apply``), read in bulk."""
-        table = self.detached_ledger_read()()
+        order: the input of a batch classification (``policy apply``), read in bulk; through
+        ADBC (``detached_ledger_read``) unless ``adbc`` is false or it cannot read the store."""
+        table = self.detached_ledger_read()() if adbc else None
         if table is not None:
             return table
         names = ", ".join(EVENT_FIELDS)

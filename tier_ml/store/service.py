@@ -946,8 +946,9 @@ def _policy_plan(
         stored_floors = grandfather.all_floors(repo)
         overrides = repo.all_open_overrides()
         engine_states = classified.result() if classified is not None else None
-    if engine_states is None:  # Spark, or a store ADBC cannot read: through this connection
-        engine_states = _classify_ledger(policy, repo.ledger_table(), now_us, batch_engine)
+    if engine_states is None:  # Spark, or ADBC could not read the store (not tried again)
+        ledger = repo.ledger_table(adbc=classified is None)
+        engine_states = _classify_ledger(policy, ledger, now_us, batch_engine)
     proposed = _states_from_engine(engine_states, policy, current["customer_id"], now_us)
     proposed["next_due_at_us"] = _next_due_column(proposed, recent, policy, now_us)
     floors = {c: f for c, f in stored_floors.items() if f.active_at(now_us)}

@@ -216,3 +216,22 @@ def test_bulk_state_writes_and_reads_keep_every_value(engine, monkeypatch) -> No
     assert got == sorted(replaced)
     expected = frame.astype(object).where(frame.notna(), None).to_dict("records")
     assert sorted(tuple(row.values()) for row in expected) == got
+
+
+def test_policy_apply_reads_through_the_driver_when_adbc_cannot(loaded, monkeypatch) -> None:
+    """When ADBC cannot read the store, the plan reads the ledger through its own connection,
+    with the same answer, and does not ask ADBC a second time."""
+    policy = load_policy(None)
+    want = service.apply_policy(loaded, policy, "bob", LATER, dry_run=True)
+    calls = []
+
+    def cannot(*args, **kwargs):
+        calls.append(args)
+        return None
+
+    monkeypatch.setattr(adbc_reads, "read_sqlite", cannot)
+    monkeypatch.setattr(adbc_reads, "read_postgres", cannot)
+    got = service.apply_policy(loaded, policy, "bob", LATER, dry_run=True)
+    assert len(calls) == 1
+    pd.testing.assert_frame_equal(got.matrix, want.matrix)
+    assert (got.customers, got.changed) == (want.customers, want.changed)
