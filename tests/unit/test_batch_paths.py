@@ -4,7 +4,9 @@ The batch path takes three short cuts for speed: customers whose eligible tier c
 never fall skip the timeline replay (``replay_steady_customers``), customers are
 sorted by a 64-bit hash of their id (with a fallback to their text when two ids
 share a hash), and placements at one instant are put in ``event_id`` order after
-the sort. Each is checked against the general path here.
+the sort. Repeated ids are searched by a 32-bit prefix of their hash, and the
+replay runs in parts of whole customers on several threads. Each is checked
+against the general path here.
 """
 
 from __future__ import annotations
@@ -103,6 +105,36 @@ def test_colliding_customer_hashes_fall_back_to_text(seed: int, monkeypatch: pyt
     assert called or want_tiers["customer_id"].nunique() < 2
     pd.testing.assert_frame_equal(got_tiers, want_tiers)
     pd.testing.assert_frame_equal(got_rejects, want_rejects)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_shared_id_hash_prefixes_only_add_candidates(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeated ids are searched by hash prefix; when every id shares one, the answer is the same."""
+    rng = random.Random(2000 + seed)
+    policy = random_policy(rng)
+    rows = pd.DataFrame(random_events(rng, customers=6))
+    as_of_us = instant_to_micros(as_of_instants(rng, 1)[0])
+    want_tiers, want_rejects = classify_frame(policy, rows, as_of_us)
+    monkeypatch.setattr(batch, "HASH_PREFIX", "CAST(7 AS UINTEGER)")  # every event and order a candidate
+    got_tiers, got_rejects = classify_frame(policy, rows, as_of_us)
+    pd.testing.assert_frame_equal(got_tiers, want_tiers)
+    pd.testing.assert_frame_equal(got_rejects, want_rejects)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_kernel_parts_on_threads_give_the_one_part_answer(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay cut into many small parts on three threads equals one part on one thread."""
+    rng = random.Random(3000 + seed)
+    policy = random_policy(rng)
+    rows = pd.DataFrame(random_events(rng, customers=12))
+    as_of_us = instant_to_micros(as_of_instants(rng, 1)[0])
+    monkeypatch.setattr(batch, "KERNEL_THREADS", 1)
+    want_tiers, _ = classify_frame(policy, rows, as_of_us)
+    monkeypatch.setattr(batch, "KERNEL_THREADS", 3)
+    monkeypatch.setattr(batch, "KERNEL_CHUNK_ORDERS", 6)  # parts of two orders: many parts
+    got_tiers, _ = classify_frame(policy, rows, as_of_us)
+    pd.testing.assert_frame_equal(got_tiers, want_tiers)
+    assert_same_tiers(got_tiers, classify(policy, rows.to_dict("records"), as_of_us).frame())
 
 
 def test_placements_at_one_instant_take_the_region_of_the_largest_event_id() -> None:
