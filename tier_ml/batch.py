@@ -615,11 +615,21 @@ def _numpy(column: pa.ChunkedArray) -> np.ndarray:
     return column.to_numpy()
 
 
-def _placement_columns(table: pa.Table, first: np.ndarray) -> dict[str, np.ndarray]:
+def _numpy_columns(table: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The columns ``names`` of ``table`` that it has, as numpy arrays, converted side by side.
+
+    Joining DuckDB's chunks of a column into one array is mostly first writes to fresh
+    memory (page faults), which threads take in parallel.
+    """
+    wanted = [name for name in names if name in table.column_names]
+    with ThreadPoolExecutor(max_workers=KERNEL_THREADS) as pool:
+        return dict(zip(wanted, pool.map(lambda name: _numpy(table.column(name)), wanted), strict=True))
+
+
+def _placement_columns(arrays: dict[str, np.ndarray], first: np.ndarray) -> dict[str, np.ndarray]:
+    """The kernel's columns: ``ckey`` from the customers' first rows, then ``_PLACEMENT_COLUMNS``."""
     columns = {"ckey": np.cumsum(first, dtype=np.int64) - 1}
-    for name in _PLACEMENT_COLUMNS:
-        if name in table.column_names:
-            columns[name] = _numpy(table.column(name))
+    columns.update((name, arrays[name]) for name in _PLACEMENT_COLUMNS if name in arrays)
     if "at_exit" not in columns:  # no window
         columns["at_exit"] = np.zeros(len(first), dtype=np.int64)
     if "rkey" not in columns:  # no regional thresholds: one ladder
@@ -640,16 +650,17 @@ def _sorted_placements(con: duckdb.DuckDBPyConnection, policy: Policy) -> _Place
     extra = ", hash(o.customer_id || '|') AS check_key, o.row"
     key_sql = CUSTOMER_HASH.format(column="o.customer_id")
     table = con.sql(_placements_sql(policy, key_sql, extra, "")).to_arrow_table()
-    key, check = _numpy(table.column("customer")), _numpy(table.column("check_key"))
+    arrays = _numpy_columns(table, ("customer", "check_key", "row", *_PLACEMENT_COLUMNS))
+    del table
+    key, check, rows = arrays.pop("customer"), arrays.pop("check_key"), arrays.pop("row")
     count = len(key)
     first = np.ones(count, dtype=bool)
     first[1:] = key[1:] != key[:-1]
     if np.any(~first[1:] & (check[1:] != check[:-1])):  # a collision of the first hash
-        del table, key, check
+        del arrays, key, check, rows
         return _sorted_placements_by_text(con, policy)
-    columns = _placement_columns(table, first)
-    rows = _numpy(table.column("row"))
-    del table, check
+    columns = _placement_columns(arrays, first)
+    del arrays, check
     tied = ~first[1:] & (columns["placed_at_us"][1:] == columns["placed_at_us"][:-1])
     if tied.any():
         rows = _order_ties_by_event_id(con, columns, rows, tied)
@@ -707,7 +718,8 @@ def _sorted_placements_by_text(con: duckdb.DuckDBPyConnection, policy: Policy) -
     starts = np.flatnonzero(first)
     lasts = np.append(starts[1:], count)[: len(starts)] - 1
     regions = table.column("region").combine_chunks().take(pa.array(lasts))
-    return _Placements(_placement_columns(table, first), starts, ids.take(pa.array(starts)), regions, None)
+    columns = _placement_columns(_numpy_columns(table, _PLACEMENT_COLUMNS), first)
+    return _Placements(columns, starts, ids.take(pa.array(starts)), regions, None)
 
 
 def _late_steps(con: duckdb.DuckDBPyConnection, placements: _Placements) -> dict[str, np.ndarray]:
