@@ -278,15 +278,21 @@ def _rate_sql(policy: Policy, column: str) -> str:
     return f"CASE {column} {whens} ELSE CASE upper({column}) {whens} END END"
 
 
+#: The hash by which repeated ids are searched (``stateless_sql``, ``_ledger``): 32 bits
+#: sort faster than 64, and a hash shared by chance only adds a candidate compared by
+#: text. Tests set a constant to make every id a candidate.
+ID_HASH = "CAST(hash({column}) >> 32 AS UINTEGER)"
+
+
 def stateless_sql(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str:
     """Per-row checks, in the same order as ``tier_ml.events.check_row``, into one table.
 
     ``ok`` marks the rows the rules see (valid, at or before ``as_of``); later rows
     stay with ``ok`` false rather than being filtered out here, because a filter on
     ``reason`` would evaluate every per-row check twice. ``currency`` and ``channel``
-    are kept as read for the replay checks, and the 64-bit hashes of ``event_id`` and
-    ``order_id`` (``event_hash``, ``order_hash``) are computed once here for the
-    ledger's searches for repeated ids. Reject details are written later, only for
+    are kept as read for the replay checks, and 32-bit hashes of ``event_id`` and
+    ``order_id`` (``event_hash``, ``order_hash``, see ``ID_HASH``) are computed once
+    here for the ledger's searches for repeated ids. Reject details are written later, only for
     rejected rows (see ``_rejects_sql``). With ``keep_raw`` (a typed source, see
     ``keeps_raw_fields``) two more columns keep what the rejects need of the source:
     ``amount_raw`` as read and ``event_type_text``, the event type's text unless it is
@@ -320,7 +326,7 @@ def stateless_sql(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str:
            CASE WHEN reason IS NULL AND {priced} THEN {amount_us} ELSE 0 END AS amount_us,
            coalesce(region, '') AS region, currency, channel,
            reason IS NULL AND at_us <= {as_of_us} AS ok,
-           reason, hash(event_id) AS event_hash, hash(order_id) AS order_hash{kept}
+           reason, {ID_HASH.format(column='event_id')} AS event_hash, {ID_HASH.format(column='order_id')} AS order_hash{kept}
     FROM judged
     """
 
@@ -351,14 +357,9 @@ def stateless_detail_sql() -> str:
 REPLAY_CONTENT = ("at_us", "event_type", "order_id", "customer_id", "amount_us", "currency", "channel", "region")
 
 
-#: How many leading bits of the 64-bit id hashes the search for repeated ids sorts (see ``_repeated``).
-HASH_PREFIX = "CAST({column} >> 32 AS UINTEGER)"
-
-
-def _hash_prefixes(con: duckdb.DuckDBPyConnection, column: str, where: str) -> np.ndarray:
-    """The leading 32 bits of hash ``column`` of the rows of ``checked`` that ``where`` selects, as numpy."""
-    sql = f"SELECT {HASH_PREFIX.format(column=column)} FROM checked WHERE {where}"
-    values = con.sql(sql).to_arrow_table().column(0).to_numpy()
+def _id_hashes(con: duckdb.DuckDBPyConnection, column: str, where: str) -> np.ndarray:
+    """Hash ``column`` of the rows of ``checked`` that ``where`` selects, as a numpy array."""
+    values = con.sql(f"SELECT {column} FROM checked WHERE {where}").to_arrow_table().column(0).to_numpy()
     return values if values.flags.writeable else values.copy()
 
 
@@ -367,9 +368,9 @@ def _repeated(values: np.ndarray) -> pa.Table:
 
     Sorting ten million integers in numpy costs about half of grouping them in a
     DuckDB hash table (nearly every id is unique, so the table would hold them all).
-    The values are 32-bit hash prefixes, which sort in 60 % of the time of the full
-    hashes; ten million ids then share about 12,000 prefixes by chance, which only add
-    candidates that the comparison by text (``_ledger_sql``) discards.
+    The values are 32-bit hashes, which sort in 60 % of the time of 64-bit ones; ten
+    million ids then share about 12,000 of them by chance, which only add candidates
+    that the comparison by text (``_ledger_sql``) discards.
     """
     values.sort()
     repeated = np.unique(values[1:][values[1:] == values[:-1]])
@@ -379,9 +380,9 @@ def _repeated(values: np.ndarray) -> pa.Table:
 def _ledger_sql() -> tuple[list[str], list[str]]:
     """Replays, then duplicate orders and orphan refunds, as in ``tier_ml.events.validate``.
 
-    Repeated ids are first found by the leading bits of their 64-bit hash (tables
-    ``repeated_events`` and ``repeated_orders``, see ``_ledger``); the few candidates
-    are then compared by their text, so a shared prefix only adds a candidate.
+    Repeated ids are first found by their 32-bit hash (tables ``repeated_events`` and
+    ``repeated_orders``, see ``_ledger``); the few candidates are then compared by
+    their text, so a shared hash only adds a candidate.
     """
     content = ", ".join(REPLAY_CONTENT)
     mine = ", ".join(f"r.{c}" for c in REPLAY_CONTENT)
@@ -392,7 +393,7 @@ def _ledger_sql() -> tuple[list[str], list[str]]:
         WITH candidates AS (
             SELECT * REPLACE (upper(coalesce(currency, '')) AS currency, coalesce(channel, '') AS channel)
             FROM checked
-            WHERE ok AND {HASH_PREFIX.format(column='event_hash')} IN (SELECT h FROM repeated_events)
+            WHERE ok AND event_hash IN (SELECT h FROM repeated_events)
         ), repeated AS (
             SELECT *, row_number() OVER (PARTITION BY event_id ORDER BY {content}, row) AS copy
             FROM candidates
@@ -413,7 +414,7 @@ def _ledger_sql() -> tuple[list[str], list[str]]:
                row_number() OVER (PARTITION BY order_id ORDER BY at_us, event_id) AS nth,
                first_value(event_id) OVER (PARTITION BY order_id ORDER BY at_us, event_id) AS first_event_id
         FROM unique_events
-        WHERE event_type = {PLACED} AND {HASH_PREFIX.format(column='order_hash')} IN (SELECT h FROM repeated_orders)
+        WHERE event_type = {PLACED} AND order_hash IN (SELECT h FROM repeated_orders)
         """,
         # Second placements of an order are dropped the same way.
         "UPDATE checked SET ok = false WHERE row IN (SELECT row FROM placed_repeats WHERE nth > 1)",
@@ -443,8 +444,8 @@ def _ledger(con: duckdb.DuckDBPyConnection) -> None:
     # Orders placed more than once are looked for before replays are dropped: a replayed
     # placement adds a candidate (compared by text later), and the two sorts, which
     # release the GIL, run side by side.
-    events = _hash_prefixes(con, "event_hash", "ok")
-    placed = _hash_prefixes(con, "order_hash", f"ok AND event_type = {PLACED}")
+    events = _id_hashes(con, "event_hash", "ok")
+    placed = _id_hashes(con, "order_hash", f"ok AND event_type = {PLACED}")
     with ThreadPoolExecutor(max_workers=2) as pool:
         repeated_events, repeated_orders = pool.map(_repeated, [events, placed])
     del events, placed

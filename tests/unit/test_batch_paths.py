@@ -4,7 +4,7 @@ The batch path takes three short cuts for speed: customers whose eligible tier c
 never fall skip the timeline replay (``replay_steady_customers``), customers are
 sorted by a 64-bit hash of their id (with a fallback to their text when two ids
 share a hash), and placements at one instant are put in ``event_id`` order after
-the sort. Repeated ids are searched by a 32-bit prefix of their hash, and the
+the sort. Repeated ids are searched by a 32-bit hash, and the
 replay runs in parts of whole customers on several threads. Each is checked
 against the general path here.
 """
@@ -108,17 +108,20 @@ def test_colliding_customer_hashes_fall_back_to_text(seed: int, monkeypatch: pyt
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_shared_id_hash_prefixes_only_add_candidates(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Repeated ids are searched by hash prefix; when every id shares one, the answer is the same."""
+def test_shared_id_hashes_only_add_candidates(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeated ids are searched by a 32-bit hash; when every id shares one, the answer is the same."""
     rng = random.Random(2000 + seed)
     policy = random_policy(rng)
     rows = pd.DataFrame(random_events(rng, customers=6))
     as_of_us = instant_to_micros(as_of_instants(rng, 1)[0])
     want_tiers, want_rejects = classify_frame(policy, rows, as_of_us)
-    monkeypatch.setattr(batch, "HASH_PREFIX", "CAST(7 AS UINTEGER)")  # every event and order a candidate
+    monkeypatch.setattr(batch, "ID_HASH", "CAST(7 AS UINTEGER)")  # every event and order a candidate
     got_tiers, got_rejects = classify_frame(policy, rows, as_of_us)
     pd.testing.assert_frame_equal(got_tiers, want_tiers)
     pd.testing.assert_frame_equal(got_rejects, want_rejects)
+    reference = classify(policy, rows.to_dict("records"), as_of_us)
+    assert_same_tiers(got_tiers, reference.frame())
+    assert sorted(got_rejects["reason"]) == sorted(str(r.reason) for r in reference.rejects)
 
 
 @pytest.mark.parametrize("seed", range(12))
