@@ -695,11 +695,11 @@ def _order_ties_by_event_id(
     member[1:] |= tied
     member[:-1] |= tied
     slots = np.flatnonzero(member)
-    group = np.cumsum(np.concatenate(([True], ~tied)))[slots]  # one number per run
-    frame = pd.DataFrame({
-        "slot": slots, "group": group, "event_id": _lookup_rows(con, rows[slots], "event_id").column(0).to_pylist(),
-    })
-    moved = frame.sort_values(["group", "event_id"], kind="stable")["slot"].to_numpy()
+    continues = np.zeros(len(slots), dtype=bool)  # the slot is tied to the row before it
+    continues[slots > 0] = tied[slots[slots > 0] - 1]
+    group = np.cumsum(~continues)  # one number per run
+    runs = pa.table({"group": group, "event_id": _lookup_rows(con, rows[slots], "event_id").column(0)})
+    moved = slots[pc.sort_indices(runs, sort_keys=[("group", "ascending"), ("event_id", "ascending")]).to_numpy()]
     for name, values in [*columns.items(), ("row", rows)]:
         values = values if values.flags.writeable else values.copy()
         values[slots] = values[moved]
