@@ -292,8 +292,8 @@ def stateless_sql(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str:
     ``reason`` would evaluate every per-row check twice. ``currency`` and ``channel``
     are kept as read for the replay checks, and 32-bit hashes of ``event_id`` and
     ``order_id`` (``event_hash``, ``order_hash``, see ``ID_HASH``) are computed once
-    here for the ledger's searches for repeated ids. Reject details are written later, only for
-    rejected rows (see ``_rejects_sql``). With ``keep_raw`` (a typed source, see
+    here for the ledger's searches for repeated ids. Reject details are written later,
+    only for rejected rows (see ``_rejects_sql``). With ``keep_raw`` (a typed source, see
     ``keeps_raw_fields``) two more columns keep what the rejects need of the source:
     ``amount_raw`` as read and ``event_type_text``, the event type's text unless it is
     exactly one of the three names (so nearly always NULL).
@@ -590,8 +590,9 @@ def _placements_sql(policy: Policy, key: str, extra: str, tie: str) -> str:
 #: which bounds the kernel's memory (about 0.5 KB per order) whatever the input size.
 KERNEL_CHUNK_ORDERS = 2_000_000
 
-#: Threads the kernel runs on; each works on its own customers (see ``_run_kernel``).
-KERNEL_THREADS = 2
+#: Threads for the numpy work of the replay (numpy releases the GIL in its loops): the kernel's
+#: parts of whole customers (see ``_run_kernel``) and the conversions of the sorted placements.
+NUMPY_THREADS = 2
 
 #: How customers are keyed for the sort of placements (a 64-bit hash of the id; see
 #: ``_sorted_placements``). Tests set a constant to exercise the fallback for collisions.
@@ -623,7 +624,7 @@ def _numpy_columns(table: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndar
     memory (page faults), which threads take in parallel.
     """
     wanted = [name for name in names if name in table.column_names]
-    with ThreadPoolExecutor(max_workers=KERNEL_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=NUMPY_THREADS) as pool:
         return dict(zip(wanted, pool.map(lambda name: _numpy(table.column(name)), wanted), strict=True))
 
 
@@ -840,8 +841,8 @@ def _run_kernel(
 
     Customers whose eligible tier can never fall (see ``_steady_customers``) take the
     short path of the kernel; the others replay their full timeline, in chunks. The
-    work is cut into parts of whole customers that run on ``KERNEL_THREADS`` threads
-    (numpy releases the GIL in its loops); at most that many parts are in memory at once.
+    work is cut into parts of whole customers that run on ``NUMPY_THREADS`` threads; at
+    most that many parts are in memory at once.
     """
     ladders = [policy.thresholds_us(None), *(policy.thresholds_us(r) for r in _ladder_regions(policy))]
     thresholds = np.array(ladders, dtype=np.int64)
@@ -862,7 +863,7 @@ def _run_kernel(
     for start, stop in _customer_chunks(rest["ckey"], _part_size(len(rest["ckey"]), KERNEL_CHUNK_ORDERS)):
         chunk = _slice(rest, start, stop)
         tasks.append(lambda chunk=chunk: _replay_chunk(policy, as_of_us, chunk, late, thresholds, min_orders))
-    with ThreadPoolExecutor(max_workers=KERNEL_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=NUMPY_THREADS) as pool:
         parts = list(pool.map(lambda task: task(), tasks))  # in order: full replays overwrite short ones
     state = {name: np.zeros(len(starts), dtype=np.int64) for name in KernelResult.__dataclass_fields__}
     for part in parts:
@@ -873,8 +874,8 @@ def _run_kernel(
 
 def _part_size(rows: int, cap: int | None) -> int:
     """Rows per kernel part: the rows shared out over the threads, each part at most ``cap // threads``."""
-    size = -(-rows // KERNEL_THREADS)
-    return size if cap is None else max(1, min(size, cap // KERNEL_THREADS))
+    size = -(-rows // NUMPY_THREADS)
+    return size if cap is None else max(1, min(size, cap // NUMPY_THREADS))
 
 
 def _replay_chunk(

@@ -205,9 +205,11 @@ def replay_steady_customers(
     ends = np.flatnonzero(instant_end)
     eligible = eligible_tiers(spend[ends], orders[ends], region[ends], thresholds, min_orders)
     end_owner = (np.cumsum(first_row) - 1)[ends]  # position of each instant's customer
+    first_end = _starts(end_owner)  # each customer's first instant
+    last_end = np.append(np.flatnonzero(first_end)[1:], len(ends)) - 1  # and last
     previous = np.zeros(len(ends), dtype=np.int64)
     previous[1:] = eligible[:-1]
-    previous[_starts(end_owner)] = 0  # every customer starts in the default tier
+    previous[first_end] = 0  # every customer starts in the default tier
     changed = eligible != previous
     changes = np.bincount(end_owner[changed], minlength=len(starts)).astype(np.int64)
     since = placed_at_us[starts].copy()  # the first instant, when nothing ever changed
@@ -216,7 +218,7 @@ def replay_steady_customers(
     latest = np.ones(len(changed_at), dtype=bool)  # the last change of each customer
     latest[:-1] = changed_owner[1:] != changed_owner[:-1]
     since[changed_owner[latest]] = placed_at_us[ends[changed_at[latest]]] + buffer_us
-    final = eligible[np.append(np.flatnonzero(_starts(end_owner))[1:], len(ends)) - 1]
+    final = eligible[last_end]
     return KernelResult(
         customer=customer[starts],
         tier=final,

@@ -131,9 +131,9 @@ def test_kernel_parts_on_threads_give_the_one_part_answer(seed: int, monkeypatch
     policy = random_policy(rng)
     rows = pd.DataFrame(random_events(rng, customers=12))
     as_of_us = instant_to_micros(as_of_instants(rng, 1)[0])
-    monkeypatch.setattr(batch, "KERNEL_THREADS", 1)
+    monkeypatch.setattr(batch, "NUMPY_THREADS", 1)
     want_tiers, _ = classify_frame(policy, rows, as_of_us)
-    monkeypatch.setattr(batch, "KERNEL_THREADS", 3)
+    monkeypatch.setattr(batch, "NUMPY_THREADS", 3)
     monkeypatch.setattr(batch, "KERNEL_CHUNK_ORDERS", 6)  # parts of two orders: many parts
     got_tiers, _ = classify_frame(policy, rows, as_of_us)
     pd.testing.assert_frame_equal(got_tiers, want_tiers)
