@@ -70,6 +70,20 @@ def test_sorted_placements_equal_the_single_customer_path(monkeypatch: pytest.Mo
         assert_same_features(expected, customer_features(grouped[customer], policy, as_of, engine="sql"))
 
 
+@pytest.mark.parametrize("threads", [1, 3, 7])
+def test_runs_reduced_in_shares_equal_one_share(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    """The runs are reduced in shares of whole customers on threads; any number of shares gives one answer."""
+    rows, as_of = tricky_rows(11)
+    policy = random_policy(random.Random(11))
+    monkeypatch.setattr(placements, "REDUCE_THREADS", 1)
+    one = build_features(pd.DataFrame(rows), policy, as_of)
+    monkeypatch.setattr(placements, "REDUCE_THREADS", threads)
+    shared = build_features(pd.DataFrame(rows), policy, as_of)
+    pd.testing.assert_frame_equal(shared, one)
+    monkeypatch.setattr(build, "SORTED_PLACEMENTS", False)
+    assert_same_features(shared, build_features(pd.DataFrame(rows), policy, as_of))
+
+
 def test_a_customer_key_collision_falls_back_to_the_sql(monkeypatch: pytest.MonkeyPatch) -> None:
     rows, as_of = tricky_rows(7)
     policy = random_policy(random.Random(7))
