@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.placements import customers_match, placement_aggregates, placement_join_sql
+from features.placements import ENGINE_COLUMNS, customers_match, placement_join_sql, placement_runs
 from features.registry import FEATURE_COLUMNS, KEY_COLUMNS, LABEL_COLUMNS
 from features.schema import coerce_feature_types, validate_feature_frame
 from features.sql import (
@@ -38,7 +38,14 @@ from features.sql import (
     behaviour_features_sql,
     features_sql,
 )
-from tier_ml.batch import PIPELINE_STAGES, connect, register_source, run_pipeline
+from tier_ml.batch import (
+    PIPELINE_STAGES,
+    PlacementsHook,
+    SortedPlacements,
+    connect,
+    register_source,
+    run_pipeline,
+)
 from tier_ml.money import days_to_micros, instant_to_micros, micros_to_instant
 from tier_ml.policy import Policy
 
@@ -124,9 +131,10 @@ def _engine_run(
     after_orders: Sequence[str | Callable[[], None]] = (),
     on_progress: Progress | None = None,
     label: str = "",
+    placements_hook: PlacementsHook | None = None,
 ) -> None:
     """Run the rules engine as of ``as_of_us``; ``after_orders`` (SQL statements or functions) run
-    after its ``orders`` stage, before it frees its tables."""
+    after its ``orders`` stage, before it frees its tables; ``placements_hook`` shares its replay's sort."""
 
     def on_stage(stage: str) -> None:
         if stage == "orders":
@@ -138,37 +146,31 @@ def _engine_run(
         if on_progress is not None:
             on_progress(f"{label}: {stage}")
 
-    run_pipeline(con, policy, source, as_of_us, on_stage=on_stage)
+    run_pipeline(con, policy, source, as_of_us, on_stage=on_stage, placements_hook=placements_hook)
 
 
 def _day(instant_us: int) -> str:
     return f"{micros_to_instant(instant_us):%Y-%m-%d}"
 
 
-#: The batch path's event aggregates come from ``features.placements`` (placements sorted once,
-#: reduced in numpy); False computes them with the SQL definition instead. Both give the same
-#: values (tests compare them); the SQL is the fallback when customer keys collide.
+#: The batch path's event aggregates come from ``features.placements`` (the engine's sorted
+#: placements, reduced in numpy); False computes them with the SQL definition instead. Both give
+#: the same values (tests compare them); the SQL is the fallback when customer keys collide.
 SORTED_PLACEMENTS = True
 
 
-def _capture_aggregates(con: duckdb.DuckDBPyConnection, as_of_us: int, sorted_placements: bool) -> pa.Table | None:
-    """At the engine's ``orders`` stage: the event aggregates, or what they are assembled from later.
-
-    Returns the numpy runs of ``features.placements`` (table ``feature_removals`` then
-    holds the refund parts), or None after storing table ``feature_aggregates`` by SQL.
-    """
+def _capture_aggregates(con: duckdb.DuckDBPyConnection, as_of_us: int, sorted_placements: bool) -> None:
+    """At the engine's ``orders`` stage: table ``feature_removals`` (the refund parts the sorted
+    placements' runs are joined with later), or table ``feature_aggregates`` by the SQL definition."""
     if sorted_placements:
-        placements = placement_aggregates(con, as_of_us)
-        if placements is not None:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE feature_removals AS {batch_removals_sql(as_of_us)}")
-            return placements
+        con.execute(f"CREATE OR REPLACE TEMP TABLE feature_removals AS {batch_removals_sql(as_of_us)}")
+        return
     events = f"({batch_events_sql()})"
     con.execute(f"CREATE OR REPLACE TEMP TABLE feature_aggregates AS {behaviour_aggregates_sql(events, as_of_us)}")
-    return None
 
 
 def _join_placements(con: duckdb.DuckDBPyConnection, placements: pa.Table) -> bool:
-    """Store table ``feature_aggregates`` from the runs and the engine's customers; False on a key collision."""
+    """Store table ``feature_aggregates`` from the runs and the engine's customers; False if they differ."""
     con.register("feature_placements", placements)
     try:
         if not customers_match(con, placements, "customer_state"):
@@ -182,7 +184,6 @@ def _join_placements(con: duckdb.DuckDBPyConnection, placements: pa.Table) -> bo
             return False
     finally:
         con.unregister("feature_placements")
-        con.execute("DROP TABLE IF EXISTS feature_removals")
     return True
 
 
@@ -195,21 +196,24 @@ def _features_in(
     sorted_placements: bool | None = None,
 ) -> pd.DataFrame:
     use_sorted = SORTED_PLACEMENTS if sorted_placements is None else sorted_placements
-    captured: list[pa.Table | None] = []
+    runs: list[pa.Table | None] = []
     label = f"features {_day(as_of_us)}"
 
-    def capture() -> None:
-        captured.append(_capture_aggregates(con, as_of_us, use_sorted))
+    def receive(placements: SortedPlacements) -> None:
+        runs.append(placement_runs(placements, as_of_us))
 
-    _engine_run(con, policy, source, as_of_us, [capture], on_progress, label)
-    placements = captured[0]
-    if placements is not None and not _join_placements(con, placements):
-        # two customers share a key (or the engine's customers are not the placements'):
-        # the run is repeated, quietly, with the SQL definition, which needs no key
+    hook = PlacementsHook(ENGINE_COLUMNS, receive) if use_sorted else None
+    capture = [lambda: _capture_aggregates(con, as_of_us, use_sorted)]
+    _engine_run(con, policy, source, as_of_us, capture, on_progress, label, hook)
+    placements = runs.pop() if runs else None
+    joined = use_sorted and placements is not None and _join_placements(con, placements)
+    del placements  # when joined, the runs are in table feature_aggregates now
+    con.execute("DROP TABLE IF EXISTS feature_removals")
+    if use_sorted and not joined:
+        # two customers share a key (the engine sorted by text), a sum could overflow, or the
+        # runs are not the engine's customers: the run is repeated, quietly, with the SQL definition
         frame = _features_in(con, policy, source, as_of_us, None, sorted_placements=False)
     else:
-        captured.clear()  # the runs are in table feature_aggregates now
-        del placements
         behaviour = f"({behaviour_features_sql('feature_aggregates')})"
         sql = features_sql(policy, as_of_us, behaviour, f"({batch_tiers_sql()})")
         frame = arrow_feature_frame(con.sql(sql).to_arrow_table(), as_of_us)

@@ -1,18 +1,19 @@
-"""The batch path's event aggregates from placements sorted once by customer, reduced in numpy.
+"""The batch path's event aggregates from the rules engine's sorted placements, reduced in numpy.
 
 ``features.sql.behaviour_aggregates_sql`` is the definition. On ten million
 placements DuckDB spends most of its time in it on a hash aggregate of some
 twenty-five sums over a million customers (every sum misses the cache on every
-row) and on a window sort for the gaps between orders. Here DuckDB sorts the
-engine's placements once by (64-bit hash of the customer, time, value, channel
-code), a sort on a narrow all-key row, and numpy reduces each customer's
-contiguous run: counts, sums, first, last and the gaps are slices and
-``reduceat`` calls. Tests prove the result equals the SQL definition.
+row) and on a window sort for the gaps between orders. Here the rules engine's
+replay, which sorts the placements by customer and time anyway, sorts each
+placement's value and channel code along (``tier_ml.batch.PlacementsHook``), and
+numpy reduces each customer's contiguous run: counts, sums, first, last and the
+gaps are slices and ``reduceat`` calls. Tests prove the result equals the SQL
+definition.
 
-Customers are told apart by the hash alone. Two customers sharing one (about
-one chance in thirty million with a million customers) would merge into one
-run; :func:`customers_match` notices it (fewer runs than customers) and the
-build then uses the SQL definition instead.
+The runs are keyed by the engine's hash of ``customer_id``. When two ids share
+one, the engine sorts by text and hands over no keys; :func:`placement_runs` then
+gives None and the build uses the SQL definition instead, as it does when a sum
+could overflow.
 """
 
 from __future__ import annotations
@@ -26,15 +27,20 @@ import pyarrow as pa
 
 from features.registry import CHANNELS, WINDOWS
 from features.sql import DAY, channel_code_sql
+from tier_ml import batch as engine
+from tier_ml.batch import SortedPlacements
 from tier_ml.money import MICROS_PER_DAY
 
-#: The key that orders and separates customers (tests use a constant to force collisions).
-CUSTOMER_KEY = "hash({column})"
+#: What the features ask the rules engine to sort along with its placements (SQL over ``placed_orders o``).
+ENGINE_COLUMNS = {
+    "value_us": "o.amount_us",
+    "channel_code": f"CAST({channel_code_sql('o.channel')} AS TINYINT)",
+}
 
 #: Threads that reduce the sorted runs, each a share of whole customers (numpy releases the GIL).
 REDUCE_THREADS = 2
 
-#: Columns of :func:`placement_aggregates` besides ``k`` (the customer key): the
+#: Columns of :func:`placement_runs` besides ``k`` (the customer key): the
 #: ``AGGREGATE_COLUMNS`` that need placements only, plus ``spend_365_us`` (gross) from which the
 #: caller subtracts what refunds and cancels removed (``features.sql.batch_removals_sql``).
 PLACEMENT_COLUMNS: tuple[str, ...] = (
@@ -45,37 +51,19 @@ PLACEMENT_COLUMNS: tuple[str, ...] = (
 )
 
 
-def sorted_placements_sql(as_of_us: int) -> str:
-    """The engine's valid placements at or before ``as_of_us``, sorted by customer key, time, value.
+def placement_runs(placements: SortedPlacements, as_of_us: int) -> pa.Table | None:
+    """Per customer key ``k``: ``PLACEMENT_COLUMNS`` from the engine's sorted placements.
 
-    Every selected column is a sort key: DuckDB sorts such narrow rows several times
-    faster than rows that carry a payload. Within one instant the largest value comes
-    last, so a run's last row is the customer's "last order" of the definition.
+    ``placements`` carries ``placed_at_us`` and ``ENGINE_COLUMNS``; every row is at or
+    before ``as_of_us``. None when the engine sorted by text (no keys) or a sum could
+    overflow 64-bit integers: the caller then uses the SQL definition, whose sums are 128-bit.
     """
-    key = CUSTOMER_KEY.format(column="customer_id")
-    return f"""
-    SELECT {key} AS k, at_us, amount_us AS value_us, CAST({channel_code_sql()} AS TINYINT) AS channel_code
-    FROM placed_orders
-    WHERE at_us <= {int(as_of_us)}
-    ORDER BY k, at_us, value_us, channel_code
-    """
-
-
-def _column(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy()
-
-
-def placement_aggregates(con: duckdb.DuckDBPyConnection, as_of_us: int) -> pa.Table | None:
-    """Per customer key ``k``: ``PLACEMENT_COLUMNS`` from the engine's ``placed_orders`` view.
-
-    None when a sum could overflow 64-bit integers (the caller then uses the SQL
-    definition, whose sums are 128-bit).
-    """
-    table = con.sql(sorted_placements_sql(as_of_us)).to_arrow_table()
-    key, at, value = _column(table, "k"), _column(table, "at_us"), _column(table, "value_us")
-    code = _column(table, "channel_code")
-    del table
-    count = len(key)
+    if placements.keys is None:
+        return None
+    at = placements.columns["placed_at_us"]
+    value = placements.columns["value_us"]
+    code = placements.columns["channel_code"]
+    count = len(at)
     if not count:
         empty = {"k": pa.array([], type=pa.uint64())}
         empty.update((name, pa.array([], type=pa.float64() if name == "gap_std_days" else pa.int64()))
@@ -83,36 +71,44 @@ def placement_aggregates(con: duckdb.DuckDBPyConnection, as_of_us: int) -> pa.Ta
         return pa.table(empty)
     if int(value.max()) > np.iinfo(np.int64).max // count:
         return None
-    return pa.table(_reduce_in_parts(key, at, value, code, int(as_of_us)))
+    runs = _reduce_in_parts(placements.starts, at, value, code, int(as_of_us))
+    return pa.table({"k": pa.array(placements.keys, type=pa.uint64()), **runs})
 
 
-def _reduce_in_parts(key: np.ndarray, at: np.ndarray, value: np.ndarray, code: np.ndarray, t: int) -> dict[str, object]:
+def _reduce_in_parts(
+    starts: np.ndarray, at: np.ndarray, value: np.ndarray, code: np.ndarray, t: int
+) -> dict[str, object]:
     """``_reduce`` over ``REDUCE_THREADS`` shares of whole customers side by side, joined in order."""
-    count = len(key)
-    cuts = {0, count}
-    for share in range(1, REDUCE_THREADS):  # keys are sorted, so a customer's rows are contiguous
-        cuts.add(int(np.searchsorted(key, key[count * share // REDUCE_THREADS], side="left")))
-    ranges = [slice(a, b) for a, b in itertools.pairwise(sorted(cuts)) if b > a]
+    customers = len(starts)
+    cuts = sorted({0, customers, *(customers * share // REDUCE_THREADS for share in range(1, REDUCE_THREADS))})
+    shares = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+    row_bounds = np.append(starts, len(at))
+
+    def reduce_share(share: tuple[int, int]) -> dict[str, object]:
+        begin, end = share  # customers [begin, end)
+        rows = slice(int(row_bounds[begin]), int(row_bounds[end]))
+        return _reduce(starts[begin:end] - row_bounds[begin], at[rows], value[rows], code[rows], t)
+
     with ThreadPoolExecutor(max_workers=REDUCE_THREADS) as pool:
-        parts = list(pool.map(lambda rows: _reduce(key[rows], at[rows], value[rows], code[rows], t), ranges))
+        parts = list(pool.map(reduce_share, shares))
     if len(parts) == 1:
         return parts[0]
     joined: dict[str, object] = {}
-    for name, first in parts[0].items():
+    for name, sample in parts[0].items():
         pieces = [part[name] for part in parts]
         joined[name] = (
-            np.concatenate(pieces) if isinstance(first, np.ndarray)
+            np.concatenate(pieces) if isinstance(sample, np.ndarray)
             else pa.concat_arrays([pa.array(piece) if isinstance(piece, np.ndarray) else piece for piece in pieces])
         )
     return joined
 
 
-def _reduce(key: np.ndarray, at: np.ndarray, value: np.ndarray, code: np.ndarray, t: int) -> dict[str, object]:
-    """The per-run values of (at least one) rows sorted by (key, at, value); see ``behaviour_aggregates_sql``."""
-    count = len(key)
-    first = np.ones(count, dtype=bool)
-    first[1:] = key[1:] != key[:-1]
-    starts = np.flatnonzero(first)
+def _reduce(starts: np.ndarray, at: np.ndarray, value: np.ndarray, code: np.ndarray, t: int) -> dict[str, object]:
+    """The per-run values of rows sorted by customer (runs begin at ``starts``) and time;
+    see ``behaviour_aggregates_sql``."""
+    count = len(at)
+    first = np.zeros(count, dtype=bool)
+    first[starts] = True
     ends = np.append(starts[1:], count)  # one past each run's last row
     lasts = ends - 1
     n = ends - starts
@@ -123,13 +119,13 @@ def _reduce(key: np.ndarray, at: np.ndarray, value: np.ndarray, code: np.ndarray
         """Sum of value over each run's last ``rows_from_end`` rows (rows are in time order)."""
         return cumulative[ends] - cumulative[ends - rows_from_end]
 
-    out: dict[str, object] = {"k": pa.array(key[starts], type=pa.uint64())}
+    out: dict[str, object] = {}
     out["n_orders"] = n
     out["recency_us"] = t - at[lasts]
     out["tenure_us"] = t - at[starts]
     out["gross_us"] = run_sum(n)
     out["max_value_us"] = np.maximum.reduceat(value, starts)
-    out["last_value_us"] = value[lasts]
+    out["last_value_us"] = _last_values(starts, lasts, n, at, value)
     several = n > 1
     out["last_gap_us"] = pa.array(at[lasts] - at[np.maximum(lasts - 1, 0)], type=pa.int64(), mask=~several)
     out["gap_std_days"] = _gap_std_days(at, first, starts, n)
@@ -154,7 +150,21 @@ def _reduce(key: np.ndarray, at: np.ndarray, value: np.ndarray, code: np.ndarray
         out[f"channel_{channel}_orders"] = per_code[:, index + 1]
     out["channel_other_orders"] = per_code[:, 0] + per_code[:, 1]
     out["named_other_orders"] = per_code[:, 0]
-    return {name: out[name] for name in ("k", *PLACEMENT_COLUMNS)}
+    return {name: out[name] for name in PLACEMENT_COLUMNS}
+
+
+def _last_values(starts: np.ndarray, lasts: np.ndarray, n: np.ndarray, at: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Each run's last order value: the largest value at its last instant (ties are rare)."""
+    last = value[lasts].copy()
+    tied = np.flatnonzero((n > 1) & (at[np.maximum(lasts - 1, 0)] == at[lasts]))
+    if len(tied):  # the rows of the tied runs, run by run
+        sizes = n[tied]
+        offsets = np.cumsum(sizes) - sizes
+        rows = np.repeat(starts[tied] - offsets, sizes) + np.arange(int(sizes.sum()))
+        at_last = np.repeat(at[lasts[tied]], sizes)
+        candidates = np.where(at[rows] == at_last, value[rows], np.iinfo(np.int64).min)
+        last[tied] = np.maximum.reduceat(candidates, offsets)
+    return last
 
 
 def _gap_std_days(at: np.ndarray, first: np.ndarray, starts: np.ndarray, n: np.ndarray) -> pa.Array:
@@ -175,11 +185,7 @@ def _gap_std_days(at: np.ndarray, first: np.ndarray, starts: np.ndarray, n: np.n
 
 
 def customers_match(con: duckdb.DuckDBPyConnection, placements: pa.Table, customers: str) -> bool:
-    """True when each customer of ``customers`` (a relation with ``customer_id``) has a run of its own.
-
-    The runs are the distinct keys among the customers with placements; as many runs
-    as customers means no two customers share a key.
-    """
+    """True when ``customers`` (a relation with ``customer_id``) has as many rows as there are runs."""
     [(rows,)] = con.execute(f"SELECT count(*) FROM {customers}").fetchall()
     return int(rows) == placements.num_rows
 
@@ -190,7 +196,7 @@ def placement_join_sql(placements: str, customers: str, removals: str) -> str:
     ``removals`` has the columns of ``features.sql.batch_removals_sql``. Sums are made
     128-bit like the SQL definition's, so the features' products cannot overflow.
     """
-    key = CUSTOMER_KEY.format(column="c.customer_id")
+    key = engine.CUSTOMER_HASH.format(column="c.customer_id")
     big = ("gross_us", "spend_prior_90_us", *(f"spend_{n}_us" for n in WINDOWS))
     columns = [
         f"CAST(p.{name} AS HUGEINT) AS {name}" if name in big else f"p.{name}"

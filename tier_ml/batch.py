@@ -20,7 +20,8 @@ Other engines build on the stages, not on a copy of them: the Spark engine
 (``tier_ml.engines.spark``) runs ``stateless_sql`` per partition and
 ``orders_sql`` + ``replay_stage`` + ``output_sql`` per bucket of customers, and
 the feature pipeline (``features.build``) reads the tables ``run_pipeline``
-documents through its ``on_stage`` hook. Those names (without a leading
+documents through its ``on_stage`` hook and shares the replay's sort of the
+placements through a ``PlacementsHook``. Those names (without a leading
 underscore) are the engine's interface; everything else here may change.
 """
 
@@ -611,6 +612,36 @@ class _Placements:
     customer_ids: pa.Array | pa.ChunkedArray
     regions: pa.Array | pa.ChunkedArray  # the region of each customer's latest placement
     keys: np.ndarray | None  # the customers' 64-bit keys (sorted), None when keyed by text
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # a PlacementsHook's columns
+
+
+@dataclass(frozen=True)
+class SortedPlacements:
+    """What a ``PlacementsHook`` receives: every valid placement at or before ``as_of``, sorted.
+
+    Rows are sorted by customer (by ``keys``), then time; placements at one instant are in
+    ``event_id`` order. ``columns`` holds ``placed_at_us`` and the hook's columns;
+    ``starts`` the first row of each customer; ``keys`` each customer's
+    ``CUSTOMER_HASH`` of ``customer_id``, or None when two ids shared one and the rows
+    were sorted by the ids' text instead.
+    """
+
+    columns: dict[str, np.ndarray]
+    starts: np.ndarray
+    keys: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class PlacementsHook:
+    """Lets another stage share the replay's sort of the placements (``run_pipeline``).
+
+    ``columns`` are extra per-placement values, as SQL over ``placed_orders o`` by name;
+    they are sorted along with the replay's own, and ``receive`` gets them before the
+    kernel runs (they are dropped afterwards).
+    """
+
+    columns: dict[str, str]
+    receive: Callable[[SortedPlacements], None]
 
 
 def _numpy(column: pa.ChunkedArray) -> np.ndarray:
@@ -639,7 +670,9 @@ def _placement_columns(arrays: dict[str, np.ndarray], first: np.ndarray) -> dict
     return columns
 
 
-def _sorted_placements(con: duckdb.DuckDBPyConnection, policy: Policy) -> _Placements:
+def _sorted_placements(
+    con: duckdb.DuckDBPyConnection, policy: Policy, extras: dict[str, str] | None = None
+) -> _Placements:
     """Placements sorted by customer, with customer keys 0, 1, ... in that order.
 
     DuckDB sorts by a 64-bit hash of ``customer_id`` (sorting ten million rows by
@@ -647,12 +680,15 @@ def _sorted_placements(con: duckdb.DuckDBPyConnection, policy: Policy) -> _Place
     must be constant within every customer: if two customers ever share the first
     hash, the placements are sorted by the text instead. Placements at one instant
     are put in ``event_id`` order afterwards (ties are rare), and each customer's id
-    and region are read for their last placement only.
+    and region are read for their last placement only. ``extras`` (name: SQL over
+    ``placed_orders o``) are sorted along and returned in ``_Placements.extras``.
     """
-    extra = ", hash(o.customer_id || '|') AS check_key, o.row"
+    wanted = extras or {}
+    more = "".join(f", {sql} AS {name}" for name, sql in wanted.items())
     key_sql = CUSTOMER_HASH.format(column="o.customer_id")
-    table = con.sql(_placements_sql(policy, key_sql, extra, "")).to_arrow_table()
-    arrays = _numpy_columns(table, ("customer", "check_key", "row", *_PLACEMENT_COLUMNS))
+    table = con.sql(_placements_sql(policy, key_sql, f", hash(o.customer_id || '|') AS check_key, o.row{more}", "")
+                    ).to_arrow_table()
+    arrays = _numpy_columns(table, ("customer", "check_key", "row", *_PLACEMENT_COLUMNS, *wanted))
     del table
     key, check, rows = arrays.pop("customer"), arrays.pop("check_key"), arrays.pop("row")
     count = len(key)
@@ -660,8 +696,9 @@ def _sorted_placements(con: duckdb.DuckDBPyConnection, policy: Policy) -> _Place
     first[1:] = key[1:] != key[:-1]
     if np.any(~first[1:] & (check[1:] != check[:-1])):  # a collision of the first hash
         del arrays, key, check, rows
-        return _sorted_placements_by_text(con, policy)
+        return _sorted_placements_by_text(con, policy, wanted)
     columns = _placement_columns(arrays, first)
+    columns.update((name, arrays[name]) for name in wanted)  # reordered with the rest at ties
     del arrays, check
     tied = ~first[1:] & (columns["placed_at_us"][1:] == columns["placed_at_us"][:-1])
     if tied.any():
@@ -669,7 +706,10 @@ def _sorted_placements(con: duckdb.DuckDBPyConnection, policy: Policy) -> _Place
     starts = np.flatnonzero(first)
     lasts = np.append(starts[1:], count)[: len(starts)] - 1
     named = _lookup_rows(con, rows[lasts], "customer_id, region")
-    return _Placements(columns, starts, named.column("customer_id"), named.column("region"), key[starts])
+    extra_columns = {name: columns.pop(name) for name in wanted}
+    return _Placements(
+        columns, starts, named.column("customer_id"), named.column("region"), key[starts], extra_columns
+    )
 
 
 def _lookup_rows(con: duckdb.DuckDBPyConnection, rows: np.ndarray, fields: str) -> pa.Table:
@@ -708,9 +748,12 @@ def _order_ties_by_event_id(
     return columns.pop("row")
 
 
-def _sorted_placements_by_text(con: duckdb.DuckDBPyConnection, policy: Policy) -> _Placements:
+def _sorted_placements_by_text(
+    con: duckdb.DuckDBPyConnection, policy: Policy, extras: dict[str, str]
+) -> _Placements:
     """Placements sorted by ``customer_id`` text, ties by ``event_id``: exact whatever the ids."""
-    sql = _placements_sql(policy, "o.customer_id", ", o.region", ", o.event_id")
+    more = "".join(f", {sql} AS {name}" for name, sql in extras.items())
+    sql = _placements_sql(policy, "o.customer_id", f", o.region{more}", ", o.event_id")
     table = con.sql(sql).to_arrow_table()
     ids = table.column("customer").combine_chunks()
     count = len(ids)
@@ -721,7 +764,8 @@ def _sorted_placements_by_text(con: duckdb.DuckDBPyConnection, policy: Policy) -
     lasts = np.append(starts[1:], count)[: len(starts)] - 1
     regions = table.column("region").combine_chunks().take(pa.array(lasts))
     columns = _placement_columns(_numpy_columns(table, _PLACEMENT_COLUMNS), first)
-    return _Placements(columns, starts, ids.take(pa.array(starts)), regions, None)
+    extra_columns = _numpy_columns(table, tuple(extras))
+    return _Placements(columns, starts, ids.take(pa.array(starts)), regions, None, extra_columns)
 
 
 def _late_steps(con: duckdb.DuckDBPyConnection, placements: _Placements) -> dict[str, np.ndarray]:
@@ -926,9 +970,16 @@ def _steady_customers(
     return steady
 
 
-def replay_stage(con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int) -> None:
+def replay_stage(
+    con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int, hook: PlacementsHook | None = None
+) -> None:
     """Replay every customer with the numpy kernel and store table ``customer_state``."""
-    placements = _sorted_placements(con, policy)
+    placements = _sorted_placements(con, policy, hook.columns if hook is not None else None)
+    if hook is not None:
+        shared = {"placed_at_us": placements.columns["placed_at_us"], **placements.extras}
+        hook.receive(SortedPlacements(shared, placements.starts, placements.keys))
+        del shared
+        placements.extras.clear()
     late = _late_steps(con, placements)
     for table in ("checked", "adjustments", "adjustment_steps", "late_steps"):
         con.execute(f"DROP TABLE IF EXISTS {table}")  # free memory before the kernel
@@ -1010,6 +1061,7 @@ def run_pipeline(
     source: str | Path | pd.DataFrame,
     as_of_us: int,
     on_stage: Callable[[str], None] | None = None,
+    placements_hook: PlacementsHook | None = None,
 ) -> None:
     """Run every stage; leaves tables ``tiers_out``, ``customer_state`` and ``rejects`` in ``con``.
 
@@ -1020,7 +1072,8 @@ def run_pipeline(
     ``row, event_id, order_id, customer_id, at_us, amount_us, region, currency,
     channel``) and table ``adjustments`` (refunds and cancels with ``reason`` NULL
     when valid); after ``replay``, table ``customer_state`` (one row per customer, in
-    micro-units and epoch microseconds).
+    micro-units and epoch microseconds). ``placements_hook`` receives the replay's sorted
+    placements with its own columns (see ``PlacementsHook``), during ``replay``.
     """
     register_source(con, source)
     stages: dict[str, Callable[[], None]] = {
@@ -1028,7 +1081,7 @@ def run_pipeline(
         "ledger": lambda: _ledger(con),
         "rejects": lambda: [con.execute(sql) for sql in _rejects_sql(_raw_types(con))],
         "orders": lambda: [con.execute(sql) for sql in orders_sql(policy, as_of_us)],
-        "replay": lambda: replay_stage(con, policy, as_of_us),
+        "replay": lambda: replay_stage(con, policy, as_of_us, placements_hook),
         "output": lambda: con.execute(output_sql(policy)),
     }
     for name in PIPELINE_STAGES:

@@ -1,10 +1,10 @@
 """The batch path's fast event aggregates (``features.placements``) equal the SQL definition.
 
-``build_features`` computes the event aggregates from placements sorted once and
-reduced in numpy; ``features.build.SORTED_PLACEMENTS = False`` makes it run the
-portable SQL (``behaviour_aggregates_sql``) instead. Both must give the same
-frame on tricky random events, when customer keys collide (the build falls back
-to the SQL), and when sums could overflow.
+``build_features`` computes the event aggregates from the rules engine's sorted
+placements, reduced in numpy; ``features.build.SORTED_PLACEMENTS = False`` makes
+it run the portable SQL (``behaviour_aggregates_sql``) instead. Both must give the
+same frame on tricky random events, when customer keys collide (the build falls
+back to the SQL), and when sums could overflow.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ import pytest
 import features.build as build
 import features.placements as placements
 from features import build_features, customer_features
+from features.sql import channel_code_sql
 from tests.eventgen import random_events, random_policy
 from tests.unit.test_features import assert_same_features, by_customer
+from tier_ml import batch as engine
+from tier_ml.batch import SortedPlacements
 from tier_ml.money import MICROS_PER_DAY, instant_to_micros
 
 CHANNELS = ["web", "WEB", " Pos", "app", "marketplace", "Marketplace", "kiosk", "", None]
@@ -88,43 +91,71 @@ def test_a_customer_key_collision_falls_back_to_the_sql(monkeypatch: pytest.Monk
     rows, as_of = tricky_rows(7)
     policy = random_policy(random.Random(7))
     expected = build_features(pd.DataFrame(rows), policy, as_of)
-    checks: list[bool] = []
+    results: list[object] = []
+    runs = placements.placement_runs
 
-    def spy(con, runs, customers):
-        checks.append(placements.customers_match(con, runs, customers))
-        return checks[-1]
+    def spy(sorted_placements, as_of_us):
+        results.append(runs(sorted_placements, as_of_us))
+        return results[-1]
 
-    monkeypatch.setattr(build, "customers_match", spy)
-    # ids of one length share a key: c0..c9 are one "customer", c10..c24 another
-    monkeypatch.setattr(placements, "CUSTOMER_KEY", "hash(length({column}))")
+    monkeypatch.setattr(build, "placement_runs", spy)
+    # ids of one length share a key: the engine sorts by text and hands over no keys
+    monkeypatch.setattr(engine, "CUSTOMER_HASH", "hash(length({column}))")
     steps: list[str] = []
     collided = build_features(pd.DataFrame(rows), policy, as_of, on_progress=steps.append)
-    assert checks == [False]  # the collision was seen, and the SQL run needs no check
+    assert results == [None]  # the collision was seen, and the SQL run takes no runs
     assert_same_features(collided, expected)
     assert steps[-1].endswith("done")
 
 
-def _placed_orders(rows: list[tuple[str, int, int, str | None]]) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
-    frame = pd.DataFrame(rows, columns=["customer_id", "at_us", "amount_us", "channel"])  # noqa: F841
-    con.execute("CREATE TABLE placed_orders AS SELECT * FROM frame")
-    return con
+def test_runs_that_are_not_the_engines_customers_fall_back_to_the_sql(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows, as_of = tricky_rows(8)
+    policy = random_policy(random.Random(8))
+    expected = build_features(pd.DataFrame(rows), policy, as_of)
+    checks: list[bool] = []
+
+    def mismatch(con, runs, customers):
+        checks.append(False)
+        return False
+
+    monkeypatch.setattr(build, "customers_match", mismatch)
+    assert_same_features(build_features(pd.DataFrame(rows), policy, as_of), expected)
+    assert checks == [False]
 
 
-def test_placement_aggregates_by_hand() -> None:
+def _channel_codes(channels: list[str | None]) -> np.ndarray:
+    """``channel_code_sql`` of each channel, as the engine sorts it along."""
+    frame = pd.DataFrame({"position": range(len(channels)), "channel": channels})  # noqa: F841
+    codes = duckdb.sql(f"SELECT {channel_code_sql('channel')} FROM frame ORDER BY position").fetchall()
+    return np.array([code for (code,) in codes], dtype=np.int8)
+
+
+def _sorted(keys: list[int], runs: list[list[tuple[int, int, str | None]]]) -> SortedPlacements:
+    """Placements as the engine hands them over: per customer key, (at, value, channel) in time order."""
+    rows = [row for run in runs for row in run]
+    starts = np.cumsum([0, *(len(run) for run in runs[:-1])]).astype(np.int64) if runs else np.zeros(0, np.int64)
+    columns = {
+        "placed_at_us": np.array([at for at, _, _ in rows], dtype=np.int64),
+        "value_us": np.array([value for _, value, _ in rows], dtype=np.int64),
+        "channel_code": _channel_codes([channel for _, _, channel in rows]) if rows else np.zeros(0, np.int8),
+    }
+    return SortedPlacements(columns, starts, np.array(keys, dtype=np.uint64))
+
+
+def test_placement_runs_by_hand() -> None:
     day = MICROS_PER_DAY
     t = 1_000 * day
-    con = _placed_orders([
-        ("a", t - 100 * day, 5_000_000, "web"),
-        ("a", t - 40 * day, 7_000_000, "POS"),
-        ("a", t - 10 * day, 2_000_000, "kiosk"),
-        ("a", t - 10 * day, 9_000_000, None),  # tied with the order before: gap 0, the larger value is last
-        ("a", t + 1, 1_000_000, "web"),  # after t: ignored
-        ("b", t - 500 * day, 3_000_000, "app"),
-    ])
-    runs = placements.placement_aggregates(con, t).to_pandas()
-    runs = runs.set_index(runs["k"].map({int(con.sql(f"SELECT hash('{c}')").fetchall()[0][0]): c for c in "ab"}))
-    a, b = runs.loc["a"], runs.loc["b"]
+    got = placements.placement_runs(_sorted([11, 22], [
+        [
+            (t - 100 * day, 5_000_000, "web"),
+            (t - 40 * day, 7_000_000, "POS"),
+            (t - 10 * day, 9_000_000, None),  # tied with the next order (event_id order): the larger is the last
+            (t - 10 * day, 2_000_000, "kiosk"),
+        ],
+        [(t - 500 * day, 3_000_000, "app")],
+    ]), t)
+    runs = got.to_pandas().set_index("k")
+    a, b = runs.loc[11], runs.loc[22]
     assert (a["n_orders"], a["recency_us"], a["tenure_us"]) == (4, 10 * day, 100 * day)
     assert (a["gross_us"], a["max_value_us"], a["last_value_us"]) == (23_000_000, 9_000_000, 9_000_000)
     assert a["last_gap_us"] == 0
@@ -140,12 +171,15 @@ def test_placement_aggregates_by_hand() -> None:
 
 def test_sums_that_could_overflow_go_to_the_sql() -> None:
     huge = np.iinfo(np.int64).max // 2
-    con = _placed_orders([("a", 1, huge, "web"), ("a", 2, huge, "web"), ("b", 3, 5, "web")])
-    assert placements.placement_aggregates(con, 10) is None
+    assert placements.placement_runs(_sorted([1, 2], [[(1, huge, "web"), (2, huge, "web")], [(3, 5, "web")]]), 10) is None
+
+
+def test_placements_sorted_by_text_go_to_the_sql() -> None:
+    sorted_by_text = _sorted([1], [[(1, 5, "web")]])
+    assert placements.placement_runs(SortedPlacements(sorted_by_text.columns, sorted_by_text.starts, None), 10) is None
 
 
 def test_no_placements_give_no_runs() -> None:
-    con = _placed_orders([("a", 100, 5, "web")])
-    runs = placements.placement_aggregates(con, 10)
+    runs = placements.placement_runs(_sorted([], []), 10)
     assert runs is not None and runs.num_rows == 0
     assert runs.column_names == ["k", *placements.PLACEMENT_COLUMNS]
