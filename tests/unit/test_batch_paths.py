@@ -23,7 +23,7 @@ from tests.tiers import assert_same_tiers
 from tier_ml import batch
 from tier_ml.batch import classify_frame
 from tier_ml.money import instant_to_micros
-from tier_ml.policy import parse_policy
+from tier_ml.policy import Policy, parse_policy
 from tier_ml.replay_kernel import replay_customers, replay_steady_customers
 from tier_ml.rules import classify
 
@@ -85,12 +85,17 @@ def test_steady_replay_equals_the_timeline_replay(seed: int) -> None:
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
 
 
+def _random_case(seed: int, customers: int) -> tuple[Policy, pd.DataFrame, int]:
+    """A random policy, eventgen's rows for ``customers`` customers and an instant to classify at."""
+    rng = random.Random(seed)
+    policy = random_policy(rng)
+    rows = pd.DataFrame(random_events(rng, customers=customers))
+    return policy, rows, instant_to_micros(as_of_instants(rng, 1)[0])
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_colliding_customer_hashes_fall_back_to_text(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = random.Random(1000 + seed)
-    policy = random_policy(rng)
-    rows = pd.DataFrame(random_events(rng, customers=6))
-    as_of_us = instant_to_micros(as_of_instants(rng, 1)[0])
+    policy, rows, as_of_us = _random_case(1000 + seed, customers=6)
     want_tiers, want_rejects = classify_frame(policy, rows, as_of_us)
     called = []
     by_text = batch._sorted_placements_by_text
@@ -110,10 +115,7 @@ def test_colliding_customer_hashes_fall_back_to_text(seed: int, monkeypatch: pyt
 @pytest.mark.parametrize("seed", range(12))
 def test_shared_id_hashes_only_add_candidates(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Repeated ids are searched by a 32-bit hash; when every id shares one, the answer is the same."""
-    rng = random.Random(2000 + seed)
-    policy = random_policy(rng)
-    rows = pd.DataFrame(random_events(rng, customers=6))
-    as_of_us = instant_to_micros(as_of_instants(rng, 1)[0])
+    policy, rows, as_of_us = _random_case(2000 + seed, customers=6)
     want_tiers, want_rejects = classify_frame(policy, rows, as_of_us)
     monkeypatch.setattr(batch, "ID_HASH", "CAST(7 AS UINTEGER)")  # every event and order a candidate
     got_tiers, got_rejects = classify_frame(policy, rows, as_of_us)
@@ -127,10 +129,7 @@ def test_shared_id_hashes_only_add_candidates(seed: int, monkeypatch: pytest.Mon
 @pytest.mark.parametrize("seed", range(12))
 def test_kernel_parts_on_threads_give_the_one_part_answer(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The replay cut into many small parts on three threads equals one part on one thread."""
-    rng = random.Random(3000 + seed)
-    policy = random_policy(rng)
-    rows = pd.DataFrame(random_events(rng, customers=12))
-    as_of_us = instant_to_micros(as_of_instants(rng, 1)[0])
+    policy, rows, as_of_us = _random_case(3000 + seed, customers=12)
     monkeypatch.setattr(batch, "NUMPY_THREADS", 1)
     want_tiers, _ = classify_frame(policy, rows, as_of_us)
     monkeypatch.setattr(batch, "NUMPY_THREADS", 3)
