@@ -533,14 +533,18 @@ def orders_sql(policy: Policy, as_of_us: int) -> list[str]:
     return [
         f"""
         CREATE OR REPLACE TEMP TABLE adjustment_steps AS
-        SELECT *, coalesce(lag(removed) OVER (PARTITION BY order_id ORDER BY at_us, event_id), 0)
-                  AS removed_before
+        -- removed_before is what the step before removed: the running sum less this step
+        -- (0 for an order's first step), so one window pass gives both
+        SELECT order_id, customer_id, event_id, at_us, value_us, placed_at_us,
+               least(value_us, running) AS removed, least(value_us, running - step) AS removed_before
         FROM (
-            SELECT order_id, customer_id, event_id, at_us, value_us, placed_at_us,
-                   least(value_us, sum(CASE WHEN event_type = {CANCELLED} THEN value_us ELSE amount_us END)
-                       OVER (PARTITION BY order_id ORDER BY at_us, event_id
-                             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)) AS removed
-            FROM adjustments WHERE reason IS NULL
+            SELECT *, sum(step) OVER (PARTITION BY order_id ORDER BY at_us, event_id
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running
+            FROM (
+                SELECT order_id, customer_id, event_id, at_us, value_us, placed_at_us,
+                       CASE WHEN event_type = {CANCELLED} THEN value_us ELSE amount_us END AS step
+                FROM adjustments WHERE reason IS NULL
+            )
         )
         """,
         f"""
