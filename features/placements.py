@@ -37,8 +37,12 @@ ENGINE_COLUMNS = {
     "channel_code": f"CAST({channel_code_sql('o.channel')} AS TINYINT)",
 }
 
-#: Threads that reduce the sorted runs, each a share of whole customers (numpy releases the GIL).
+#: Threads that reduce the sorted runs, in parts of whole customers (numpy releases the GIL).
 REDUCE_THREADS = 2
+
+#: Placements per part of the reduction, as ``tier_ml.batch.KERNEL_PART_ORDERS`` for the replay:
+#: a part's temporaries are a few MB the allocator hands out again, not fresh pages to fault in.
+REDUCE_PART_ROWS = 262_144
 
 #: Columns of :func:`placement_runs` besides ``k`` (the customer key): the
 #: ``AGGREGATE_COLUMNS`` that need placements only, plus ``spend_365_us`` (gross) from which the
@@ -78,16 +82,19 @@ def placement_runs(placements: SortedPlacements, as_of_us: int) -> pa.Table | No
 def _reduce_in_parts(
     starts: np.ndarray, at: np.ndarray, value: np.ndarray, code: np.ndarray, t: int
 ) -> dict[str, object]:
-    """``_reduce`` over ``REDUCE_THREADS`` shares of whole customers side by side, joined in order."""
-    customers = len(starts)
-    cuts = sorted({0, customers, *(customers * share // REDUCE_THREADS for share in range(1, REDUCE_THREADS))})
-    shares = [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
-    row_bounds = np.append(starts, len(at))
+    """``_reduce`` over parts of whole customers (``REDUCE_PART_ROWS`` rows or fewer, so that
+    every thread gets one), on ``REDUCE_THREADS`` threads, joined in order."""
+    rows = len(at)
+    size = max(1, min(-(-rows // REDUCE_THREADS), REDUCE_PART_ROWS))
+    cuts = np.searchsorted(starts, np.arange(size, rows, size))  # the first customer at or after each cut
+    bounds = sorted({0, len(starts), *cuts.tolist()})
+    shares = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+    row_bounds = np.append(starts, rows)
 
     def reduce_share(share: tuple[int, int]) -> dict[str, object]:
         begin, end = share  # customers [begin, end)
-        rows = slice(int(row_bounds[begin]), int(row_bounds[end]))
-        return _reduce(starts[begin:end] - row_bounds[begin], at[rows], value[rows], code[rows], t)
+        part = slice(int(row_bounds[begin]), int(row_bounds[end]))
+        return _reduce(starts[begin:end] - row_bounds[begin], at[part], value[part], code[part], t)
 
     with ThreadPoolExecutor(max_workers=REDUCE_THREADS) as pool:
         parts = list(pool.map(reduce_share, shares))

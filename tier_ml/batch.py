@@ -591,9 +591,12 @@ def _placements_sql(policy: Policy, key: str, extra: str, tie: str) -> str:
     """
 
 
-#: Orders per kernel chunk: the replay runs over customers in chunks of about this many orders,
-#: which bounds the kernel's memory (about 0.5 KB per order) whatever the input size.
-KERNEL_CHUNK_ORDERS = 2_000_000
+#: Orders per part of the kernel: the replay runs over parts of whole customers of about this
+#: many orders, on ``NUMPY_THREADS`` threads. Small parts keep each temporary at a few MB, which
+#: the allocator hands out again part after part; ten-million-row temporaries are fresh pages
+#: that the OS must zero, and cost more in page faults than in arithmetic. Parts also bound the
+#: kernel's memory (about 0.5 KB per order of a part) whatever the input size.
+KERNEL_PART_ORDERS = 262_144
 
 #: Threads for the numpy work of the replay (numpy releases the GIL in its loops): the kernel's
 #: parts of whole customers (see ``_run_kernel``) and the conversions of the sorted placements.
@@ -806,7 +809,7 @@ def _outlook(policy: Policy, as_of_us: int, orders: dict[str, np.ndarray], start
     return pending_us, next_step
 
 
-def _customer_chunks(ckey: np.ndarray, size: int) -> list[tuple[int, int]]:
+def _customer_parts(ckey: np.ndarray, size: int) -> list[tuple[int, int]]:
     """``[start, stop)`` ranges of sorted rows of about ``size`` rows, never splitting a customer."""
     bounds = [0]
     while bounds[-1] < len(ckey):
@@ -815,7 +818,7 @@ def _customer_chunks(ckey: np.ndarray, size: int) -> list[tuple[int, int]]:
             bounds.append(len(ckey))
         else:
             start = int(np.searchsorted(ckey, ckey[cut], side="left"))
-            if start <= bounds[-1]:  # one customer fills the whole chunk: take all of them
+            if start <= bounds[-1]:  # one customer fills the whole part: take all of them
                 start = int(np.searchsorted(ckey, ckey[cut], side="right"))
             bounds.append(start)
     return list(itertools.pairwise(bounds))
@@ -888,9 +891,9 @@ def _run_kernel(
     """The replay of every customer: one value per customer key (0, 1, ...) for each state field.
 
     Customers whose eligible tier can never fall (see ``_steady_customers``) take the
-    short path of the kernel; the others replay their full timeline, in chunks. The
-    work is cut into parts of whole customers that run on ``NUMPY_THREADS`` threads; at
-    most that many parts are in memory at once.
+    short path of the kernel; the others replay their full timeline. The work is cut into
+    parts of whole customers (``KERNEL_PART_ORDERS``) that run on ``NUMPY_THREADS``
+    threads; at most that many parts are in memory at once.
     """
     ladders = [policy.thresholds_us(None), *(policy.thresholds_us(r) for r in _ladder_regions(policy))]
     thresholds = np.array(ladders, dtype=np.int64)
@@ -901,16 +904,16 @@ def _run_kernel(
     if steady.any():
         # Every customer takes the short path (cheaper than picking the steady ones out of
         # ten million rows); the others' results are overwritten by their full replay below.
-        for start, stop in _customer_chunks(orders["ckey"], _part_size(len(orders["ckey"]), None)):
+        for start, stop in _customer_parts(orders["ckey"], _part_size(len(orders["ckey"]))):
             part = _slice(orders, start, stop)
             tasks.append(lambda part=part: replay_steady_customers(
                 part["ckey"], part["placed_at_us"], part["counted_us"], part["rkey"],
                 buffer_us=policy.buffer_us, thresholds=thresholds, min_orders=min_orders, as_of_us=as_of_us,
             ))
     rest = orders if not steady.any() else {name: values[~on_rows] for name, values in orders.items()}
-    for start, stop in _customer_chunks(rest["ckey"], _part_size(len(rest["ckey"]), KERNEL_CHUNK_ORDERS)):
-        chunk = _slice(rest, start, stop)
-        tasks.append(lambda chunk=chunk: _replay_chunk(policy, as_of_us, chunk, late, thresholds, min_orders))
+    for start, stop in _customer_parts(rest["ckey"], _part_size(len(rest["ckey"]))):
+        part = _slice(rest, start, stop)
+        tasks.append(lambda part=part: _replay_part(policy, as_of_us, part, late, thresholds, min_orders))
     with ThreadPoolExecutor(max_workers=NUMPY_THREADS) as pool:
         parts = list(pool.map(lambda task: task(), tasks))  # in order: full replays overwrite short ones
     state = {name: np.zeros(len(starts), dtype=np.int64) for name in KernelResult.__dataclass_fields__}
@@ -920,24 +923,23 @@ def _run_kernel(
     return state
 
 
-def _part_size(rows: int, cap: int | None) -> int:
-    """Rows per kernel part: the rows shared out over the threads, each part at most ``cap // threads``."""
-    size = -(-rows // NUMPY_THREADS)
-    return size if cap is None else max(1, min(size, cap // NUMPY_THREADS))
+def _part_size(rows: int) -> int:
+    """Rows per kernel part: ``KERNEL_PART_ORDERS``, or fewer so that every thread gets a part."""
+    return max(1, min(-(-rows // NUMPY_THREADS), KERNEL_PART_ORDERS))
 
 
-def _replay_chunk(
+def _replay_part(
     policy: Policy,
     as_of_us: int,
-    chunk: dict[str, np.ndarray],
+    part: dict[str, np.ndarray],
     late: dict[str, np.ndarray],
     thresholds: np.ndarray,
     min_orders: np.ndarray,
 ) -> KernelResult:
-    """The full timeline replay of one chunk of whole customers (with their late steps)."""
-    first, last = int(chunk["ckey"][0]), int(chunk["ckey"][-1])
+    """The full timeline replay of one part of whole customers (with their late steps)."""
+    first, last = int(part["ckey"][0]), int(part["ckey"][-1])
     late_start, late_stop = np.searchsorted(late["ckey"], [first, last + 1], side="left")
-    rows = _timeline(policy, as_of_us, chunk, _slice(late, int(late_start), int(late_stop)))
+    rows = _timeline(policy, as_of_us, part, _slice(late, int(late_start), int(late_stop)))
     return replay_customers(
         rows["ckey"], rows["at_us"], rows["spend_us"], rows["orders"], rows["placed"], rows["rkey"],
         thresholds=thresholds, min_orders=min_orders, grace_us=policy.grace_us, as_of_us=as_of_us,

@@ -133,7 +133,7 @@ def test_kernel_parts_on_threads_give_the_one_part_answer(seed: int, monkeypatch
     monkeypatch.setattr(batch, "NUMPY_THREADS", 1)
     want_tiers, _ = classify_frame(policy, rows, as_of_us)
     monkeypatch.setattr(batch, "NUMPY_THREADS", 3)
-    monkeypatch.setattr(batch, "KERNEL_CHUNK_ORDERS", 6)  # parts of two orders: many parts
+    monkeypatch.setattr(batch, "KERNEL_PART_ORDERS", 2)  # parts of two orders: many parts
     got_tiers, _ = classify_frame(policy, rows, as_of_us)
     pd.testing.assert_frame_equal(got_tiers, want_tiers)
     assert_same_tiers(got_tiers, classify(policy, rows.to_dict("records"), as_of_us).frame())

@@ -73,14 +73,16 @@ def test_sorted_placements_equal_the_single_customer_path(monkeypatch: pytest.Mo
         assert_same_features(expected, customer_features(grouped[customer], policy, as_of, engine="sql"))
 
 
-@pytest.mark.parametrize("threads", [1, 3, 7])
-def test_runs_reduced_in_shares_equal_one_share(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
-    """The runs are reduced in shares of whole customers on threads; any number of shares gives one answer."""
+@pytest.mark.parametrize(("threads", "part_rows"), [(1, 5), (3, 1_000), (3, 7), (7, 1)])
+def test_runs_reduced_in_parts_equal_one_part(monkeypatch: pytest.MonkeyPatch, threads: int, part_rows: int) -> None:
+    """The runs are reduced in parts of whole customers on threads; any parts give one answer."""
     rows, as_of = tricky_rows(11)
     policy = random_policy(random.Random(11))
     monkeypatch.setattr(placements, "REDUCE_THREADS", 1)
+    monkeypatch.setattr(placements, "REDUCE_PART_ROWS", 10**9)
     one = build_features(pd.DataFrame(rows), policy, as_of)
     monkeypatch.setattr(placements, "REDUCE_THREADS", threads)
+    monkeypatch.setattr(placements, "REDUCE_PART_ROWS", part_rows)
     shared = build_features(pd.DataFrame(rows), policy, as_of)
     pd.testing.assert_frame_equal(shared, one)
     monkeypatch.setattr(build, "SORTED_PLACEMENTS", False)
