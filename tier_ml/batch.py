@@ -668,7 +668,9 @@ def _numpy_columns(table: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndar
 
 def _placement_columns(arrays: dict[str, np.ndarray], first: np.ndarray) -> dict[str, np.ndarray]:
     """The kernel's columns: ``ckey`` from the customers' first rows, then ``_PLACEMENT_COLUMNS``."""
-    columns = {"ckey": np.cumsum(first, dtype=np.int64) - 1}
+    ckey = np.cumsum(first, dtype=np.int64)
+    ckey -= 1  # in place: a second ten-million-row array costs its page faults
+    columns = {"ckey": ckey}
     columns.update((name, arrays[name]) for name in _PLACEMENT_COLUMNS if name in arrays)
     if "at_exit" not in columns:  # no window
         columns["at_exit"] = np.zeros(len(first), dtype=np.int64)
@@ -807,6 +809,24 @@ def _outlook(policy: Policy, as_of_us: int, orders: dict[str, np.ndarray], start
         np.minimum(step, np.where((leaves > as_of_us) & (orders["at_exit"] > 0), leaves, never), out=step)
     next_step = np.minimum.reduceat(step, starts) if len(starts) else np.zeros(0, np.int64)
     return pending_us, next_step
+
+
+def _outlook_in_parts(
+    policy: Policy, as_of_us: int, orders: dict[str, np.ndarray], starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_outlook`` over parts of whole customers (as the kernel's) on ``NUMPY_THREADS`` threads."""
+    ckey = orders["ckey"]
+
+    def part_outlook(part: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        start, stop = part
+        first, last = int(ckey[start]), int(ckey[stop - 1])  # keys are 0, 1, ... in row order
+        return _outlook(policy, as_of_us, _slice(orders, start, stop), starts[first:last + 1] - start)
+
+    with ThreadPoolExecutor(max_workers=NUMPY_THREADS) as pool:
+        parts = list(pool.map(part_outlook, _customer_parts(ckey, _part_size(len(ckey)))))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate([p for p, _ in parts]), np.concatenate([n for _, n in parts])
 
 
 def _customer_parts(ckey: np.ndarray, size: int) -> list[tuple[int, int]]:
@@ -991,7 +1011,7 @@ def replay_stage(
         con.execute(f"DROP TABLE IF EXISTS {table}")  # free memory before the kernel
     orders = placements.columns
     state = _run_kernel(policy, as_of_us, orders, late, placements.starts)
-    pending_us, next_step = _outlook(policy, as_of_us, orders, placements.starts)
+    pending_us, next_step = _outlook_in_parts(policy, as_of_us, orders, placements.starts)
     del orders, late
     protected = state["tier"] > state["eligible"]
     grace_end = state["last_placed_us"] + policy.grace_us
