@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from features.registry import CHANNELS, WINDOWS
 from features.sql import DAY, channel_code_sql
-from tier_ml import batch as engine
+from tier_ml import batch as engine  # CUSTOMER_HASH is read at call time (tests set it)
 from tier_ml.batch import SortedPlacements
 from tier_ml.money import MICROS_PER_DAY
 
@@ -88,16 +88,16 @@ def _reduce_in_parts(
     size = max(1, min(-(-rows // REDUCE_THREADS), REDUCE_PART_ROWS))
     cuts = np.searchsorted(starts, np.arange(size, rows, size))  # the first customer at or after each cut
     bounds = sorted({0, len(starts), *cuts.tolist()})
-    shares = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+    ranges = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
     row_bounds = np.append(starts, rows)
 
-    def reduce_share(share: tuple[int, int]) -> dict[str, object]:
-        begin, end = share  # customers [begin, end)
+    def reduce_part(customers: tuple[int, int]) -> dict[str, object]:
+        begin, end = customers  # customers [begin, end)
         part = slice(int(row_bounds[begin]), int(row_bounds[end]))
         return _reduce(starts[begin:end] - row_bounds[begin], at[part], value[part], code[part], t)
 
     with ThreadPoolExecutor(max_workers=REDUCE_THREADS) as pool:
-        parts = list(pool.map(reduce_share, shares))
+        parts = list(pool.map(reduce_part, ranges))
     if len(parts) == 1:
         return parts[0]
     joined: dict[str, object] = {}
