@@ -999,7 +999,11 @@ def _steady_customers(
 def replay_stage(
     con: duckdb.DuckDBPyConnection, policy: Policy, as_of_us: int, hook: PlacementsHook | None = None
 ) -> None:
-    """Replay every customer with the numpy kernel and store table ``customer_state``."""
+    """Replay every customer with the numpy kernel and store table ``customer_state``.
+
+    ``hook``, when given, receives the sorted placements with its own columns before the
+    kernel runs (see ``PlacementsHook``).
+    """
     placements = _sorted_placements(con, policy, hook.columns if hook is not None else None)
     if hook is not None:
         shared = {"placed_at_us": placements.columns["placed_at_us"], **placements.extras}
