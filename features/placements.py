@@ -18,9 +18,6 @@ could overflow.
 
 from __future__ import annotations
 
-import itertools
-from concurrent.futures import ThreadPoolExecutor
-
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -30,19 +27,13 @@ from features.sql import DAY, channel_code_sql
 from tier_ml import batch as engine  # CUSTOMER_HASH is read at call time (tests set it)
 from tier_ml.batch import SortedPlacements
 from tier_ml.money import MICROS_PER_DAY
+from tier_ml.parts import Part, customer_parts, map_on_threads
 
 #: What the features ask the rules engine to sort along with its placements (SQL over ``placed_orders o``).
 ENGINE_COLUMNS = {
     "value_us": "o.amount_us",
     "channel_code": f"CAST({channel_code_sql('o.channel')} AS TINYINT)",
 }
-
-#: Threads that reduce the sorted runs, in parts of whole customers (numpy releases the GIL).
-REDUCE_THREADS = 2
-
-#: Placements per part of the reduction, as ``tier_ml.batch.KERNEL_PART_ORDERS`` for the replay:
-#: a part's temporaries are a few MB the allocator hands out again, not fresh pages to fault in.
-REDUCE_PART_ROWS = 262_144
 
 #: Columns of :func:`placement_runs` besides ``k`` (the customer key): the
 #: ``AGGREGATE_COLUMNS`` that need placements only, plus ``spend_365_us`` (gross) from which the
@@ -82,22 +73,13 @@ def placement_runs(placements: SortedPlacements, as_of_us: int) -> pa.Table | No
 def _reduce_in_parts(
     starts: np.ndarray, at: np.ndarray, value: np.ndarray, code: np.ndarray, t: int
 ) -> dict[str, object]:
-    """``_reduce`` over parts of whole customers (``REDUCE_PART_ROWS`` rows or fewer, so that
-    every thread gets one), on ``REDUCE_THREADS`` threads, joined in order."""
-    rows = len(at)
-    size = max(1, min(-(-rows // REDUCE_THREADS), REDUCE_PART_ROWS))
-    cuts = np.searchsorted(starts, np.arange(size, rows, size))  # the first customer at or after each cut
-    bounds = sorted({0, len(starts), *cuts.tolist()})
-    ranges = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
-    row_bounds = np.append(starts, rows)
+    """``_reduce`` over parts of whole customers side by side (``tier_ml.parts``), joined in order."""
 
-    def reduce_part(customers: tuple[int, int]) -> dict[str, object]:
-        begin, end = customers  # customers [begin, end)
-        part = slice(int(row_bounds[begin]), int(row_bounds[end]))
-        return _reduce(starts[begin:end] - row_bounds[begin], at[part], value[part], code[part], t)
+    def reduce_part(part: Part) -> dict[str, object]:
+        rows = part.rows
+        return _reduce(starts[part.customers] - rows.start, at[rows], value[rows], code[rows], t)
 
-    with ThreadPoolExecutor(max_workers=REDUCE_THREADS) as pool:
-        parts = list(pool.map(reduce_part, ranges))
+    parts = map_on_threads(reduce_part, customer_parts(starts, len(at)))
     if len(parts) == 1:
         return parts[0]
     joined: dict[str, object] = {}

@@ -27,7 +27,6 @@ underscore) are the engine's interface; everything else here may change.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from tier_ml.events import (
     read_events,
     rejects_frame,
 )
+from tier_ml.parts import Part, customer_parts, map_on_threads, run_starts
 from tier_ml.policy import Policy
 from tier_ml.replay_kernel import (
     KernelResult,
@@ -591,17 +591,6 @@ def _placements_sql(policy: Policy, key: str, extra: str, tie: str) -> str:
     """
 
 
-#: Orders per part of the kernel: the replay runs over parts of whole customers of about this
-#: many orders, on ``NUMPY_THREADS`` threads. Small parts keep each temporary at a few MB, which
-#: the allocator hands out again part after part; ten-million-row temporaries are fresh pages
-#: that the OS must zero, and cost more in page faults than in arithmetic. Parts also bound the
-#: kernel's memory (about 0.5 KB per order of a part) whatever the input size.
-KERNEL_PART_ORDERS = 262_144
-
-#: Threads for the numpy work of the replay (numpy releases the GIL in its loops): the kernel's
-#: parts of whole customers (see ``_run_kernel``) and the conversions of the sorted placements.
-NUMPY_THREADS = 2
-
 #: How customers are keyed for the sort of placements (a 64-bit hash of the id; see
 #: ``_sorted_placements``). Tests set a constant to exercise the fallback for collisions.
 CUSTOMER_HASH = "hash({column})"
@@ -662,8 +651,7 @@ def _numpy_columns(table: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndar
     memory (page faults), which threads take in parallel.
     """
     wanted = [name for name in names if name in table.column_names]
-    with ThreadPoolExecutor(max_workers=NUMPY_THREADS) as pool:
-        return dict(zip(wanted, pool.map(lambda name: _numpy(table.column(name)), wanted), strict=True))
+    return dict(zip(wanted, map_on_threads(lambda name: _numpy(table.column(name)), wanted), strict=True))
 
 
 def _placement_columns(arrays: dict[str, np.ndarray], first: np.ndarray) -> dict[str, np.ndarray]:
@@ -814,34 +802,15 @@ def _outlook(policy: Policy, as_of_us: int, orders: dict[str, np.ndarray], start
 def _outlook_in_parts(
     policy: Policy, as_of_us: int, orders: dict[str, np.ndarray], starts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``_outlook`` over parts of whole customers (as the kernel's) on ``NUMPY_THREADS`` threads."""
-    ckey = orders["ckey"]
+    """``_outlook`` over parts of whole customers (``tier_ml.parts``), joined in order."""
 
-    def part_outlook(part: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        start, stop = part
-        first, last = int(ckey[start]), int(ckey[stop - 1])  # keys are 0, 1, ... in row order
-        return _outlook(policy, as_of_us, _slice(orders, start, stop), starts[first:last + 1] - start)
+    def part_outlook(part: Part) -> tuple[np.ndarray, np.ndarray]:
+        return _outlook(policy, as_of_us, _slice(orders, part.rows), starts[part.customers] - part.rows.start)
 
-    with ThreadPoolExecutor(max_workers=NUMPY_THREADS) as pool:
-        parts = list(pool.map(part_outlook, _customer_parts(ckey, _part_size(len(ckey)))))
-    if not parts:
+    outlooks = map_on_threads(part_outlook, customer_parts(starts, len(orders["ckey"])))
+    if not outlooks:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate([p for p, _ in parts]), np.concatenate([n for _, n in parts])
-
-
-def _customer_parts(ckey: np.ndarray, size: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` ranges of sorted rows of about ``size`` rows, never splitting a customer."""
-    bounds = [0]
-    while bounds[-1] < len(ckey):
-        cut = bounds[-1] + size
-        if cut >= len(ckey):
-            bounds.append(len(ckey))
-        else:
-            start = int(np.searchsorted(ckey, ckey[cut], side="left"))
-            if start <= bounds[-1]:  # one customer fills the whole part: take all of them
-                start = int(np.searchsorted(ckey, ckey[cut], side="right"))
-            bounds.append(start)
-    return list(itertools.pairwise(bounds))
+    return np.concatenate([p for p, _ in outlooks]), np.concatenate([n for _, n in outlooks])
 
 
 def _timeline(
@@ -901,8 +870,8 @@ def _customer_time_order(ckey: np.ndarray, at_us: np.ndarray) -> np.ndarray:
     return np.lexsort((at_us, ckey))
 
 
-def _slice(columns: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
-    return {name: values[start:stop] for name, values in columns.items()}
+def _slice(columns: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:
+    return {name: values[rows] for name, values in columns.items()}
 
 
 def _run_kernel(
@@ -912,8 +881,7 @@ def _run_kernel(
 
     Customers whose eligible tier can never fall (see ``_steady_customers``) take the
     short path of the kernel; the others replay their full timeline. The work is cut into
-    parts of whole customers (``KERNEL_PART_ORDERS``) that run on ``NUMPY_THREADS``
-    threads; at most that many parts are in memory at once.
+    parts of whole customers that run side by side (``tier_ml.parts``).
     """
     ladders = [policy.thresholds_us(None), *(policy.thresholds_us(r) for r in _ladder_regions(policy))]
     thresholds = np.array(ladders, dtype=np.int64)
@@ -924,28 +892,22 @@ def _run_kernel(
     if steady.any():
         # Every customer takes the short path (cheaper than picking the steady ones out of
         # ten million rows); the others' results are overwritten by their full replay below.
-        for start, stop in _customer_parts(orders["ckey"], _part_size(len(orders["ckey"]))):
-            part = _slice(orders, start, stop)
+        for each in customer_parts(starts, len(orders["ckey"])):
+            part = _slice(orders, each.rows)
             tasks.append(lambda part=part: replay_steady_customers(
                 part["ckey"], part["placed_at_us"], part["counted_us"], part["rkey"],
                 buffer_us=policy.buffer_us, thresholds=thresholds, min_orders=min_orders, as_of_us=as_of_us,
             ))
     rest = orders if not steady.any() else {name: values[~on_rows] for name, values in orders.items()}
-    for start, stop in _customer_parts(rest["ckey"], _part_size(len(rest["ckey"]))):
-        part = _slice(rest, start, stop)
+    for each in customer_parts(run_starts(rest["ckey"]), len(rest["ckey"])):
+        part = _slice(rest, each.rows)
         tasks.append(lambda part=part: _replay_part(policy, as_of_us, part, late, thresholds, min_orders))
-    with ThreadPoolExecutor(max_workers=NUMPY_THREADS) as pool:
-        parts = list(pool.map(lambda task: task(), tasks))  # in order: full replays overwrite short ones
+    parts = map_on_threads(lambda task: task(), tasks)  # in order: full replays overwrite short ones
     state = {name: np.zeros(len(starts), dtype=np.int64) for name in KernelResult.__dataclass_fields__}
     for part in parts:
         for name, values in state.items():
             values[part.customer] = getattr(part, name)
     return state
-
-
-def _part_size(rows: int) -> int:
-    """Rows per kernel part: ``KERNEL_PART_ORDERS``, or fewer so that every thread gets a part."""
-    return max(1, min(-(-rows // NUMPY_THREADS), KERNEL_PART_ORDERS))
 
 
 def _replay_part(
@@ -959,7 +921,7 @@ def _replay_part(
     """The full timeline replay of one part of whole customers (with their late steps)."""
     first, last = int(part["ckey"][0]), int(part["ckey"][-1])
     late_start, late_stop = np.searchsorted(late["ckey"], [first, last + 1], side="left")
-    rows = _timeline(policy, as_of_us, part, _slice(late, int(late_start), int(late_stop)))
+    rows = _timeline(policy, as_of_us, part, _slice(late, slice(int(late_start), int(late_stop))))
     return replay_customers(
         rows["ckey"], rows["at_us"], rows["spend_us"], rows["orders"], rows["placed"], rows["rkey"],
         thresholds=thresholds, min_orders=min_orders, grace_us=policy.grace_us, as_of_us=as_of_us,

@@ -20,7 +20,7 @@ import pytest
 
 from tests.eventgen import as_of_instants, random_events, random_policy
 from tests.tiers import assert_same_tiers
-from tier_ml import batch
+from tier_ml import batch, parts
 from tier_ml.batch import classify_frame
 from tier_ml.money import instant_to_micros
 from tier_ml.policy import Policy, parse_policy
@@ -130,10 +130,10 @@ def test_shared_id_hashes_only_add_candidates(seed: int, monkeypatch: pytest.Mon
 def test_kernel_parts_on_threads_give_the_one_part_answer(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The replay cut into many small parts on three threads equals one part on one thread."""
     policy, rows, as_of_us = _random_case(3000 + seed, customers=12)
-    monkeypatch.setattr(batch, "NUMPY_THREADS", 1)
+    monkeypatch.setattr(parts, "THREADS", 1)
     want_tiers, _ = classify_frame(policy, rows, as_of_us)
-    monkeypatch.setattr(batch, "NUMPY_THREADS", 3)
-    monkeypatch.setattr(batch, "KERNEL_PART_ORDERS", 2)  # parts of two orders: many parts
+    monkeypatch.setattr(parts, "THREADS", 3)
+    monkeypatch.setattr(parts, "PART_ROWS", 2)  # parts of two orders: many parts
     got_tiers, _ = classify_frame(policy, rows, as_of_us)
     pd.testing.assert_frame_equal(got_tiers, want_tiers)
     assert_same_tiers(got_tiers, classify(policy, rows.to_dict("records"), as_of_us).frame())

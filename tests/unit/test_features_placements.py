@@ -24,6 +24,7 @@ from features.sql import channel_code_sql
 from tests.eventgen import random_events, random_policy
 from tests.unit.test_features import assert_same_features, by_customer
 from tier_ml import batch as engine
+from tier_ml import parts
 from tier_ml.batch import SortedPlacements
 from tier_ml.money import MICROS_PER_DAY, instant_to_micros
 
@@ -78,11 +79,11 @@ def test_runs_reduced_in_parts_equal_one_part(monkeypatch: pytest.MonkeyPatch, t
     """The runs are reduced in parts of whole customers on threads; any parts give one answer."""
     rows, as_of = tricky_rows(11)
     policy = random_policy(random.Random(11))
-    monkeypatch.setattr(placements, "REDUCE_THREADS", 1)
-    monkeypatch.setattr(placements, "REDUCE_PART_ROWS", 10**9)
+    monkeypatch.setattr(parts, "THREADS", 1)
+    monkeypatch.setattr(parts, "PART_ROWS", 10**9)
     one = build_features(pd.DataFrame(rows), policy, as_of)
-    monkeypatch.setattr(placements, "REDUCE_THREADS", threads)
-    monkeypatch.setattr(placements, "REDUCE_PART_ROWS", part_rows)
+    monkeypatch.setattr(parts, "THREADS", threads)
+    monkeypatch.setattr(parts, "PART_ROWS", part_rows)
     shared = build_features(pd.DataFrame(rows), policy, as_of)
     pd.testing.assert_frame_equal(shared, one)
     monkeypatch.setattr(build, "SORTED_PLACEMENTS", False)
