@@ -132,8 +132,12 @@ class Policy(BaseModel):
         return days_to_micros(self.downgrade_grace_days)
 
     def rate(self, currency: str) -> float | None:
-        """Base-currency units per unit of ``currency``; None when the policy has no rate."""
-        code = currency.strip().upper()
+        """Base-currency units per unit of ``currency``; None when the policy has no rate.
+
+        Spaces around the code are ignored, as around every field; other whitespace (a
+        tab, a no-break space) is part of the text, as on the batch path.
+        """
+        code = currency.strip(" ").upper()
         if code == self.base_currency:
             return 1.0
         return self.fx_rates.get(code)

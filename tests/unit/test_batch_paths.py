@@ -22,6 +22,7 @@ from tests.eventgen import as_of_instants, random_events, random_policy
 from tests.tiers import assert_same_tiers
 from tier_ml import batch, parts
 from tier_ml.batch import classify_frame
+from tier_ml.events import parse_instant
 from tier_ml.money import instant_to_micros
 from tier_ml.policy import Policy, parse_policy
 from tier_ml.replay_kernel import replay_customers, replay_steady_customers
@@ -124,6 +125,53 @@ def test_shared_id_hashes_only_add_candidates(seed: int, monkeypatch: pytest.Mon
     reference = classify(policy, rows.to_dict("records"), as_of_us)
     assert_same_tiers(got_tiers, reference.frame())
     assert sorted(got_rejects["reason"]) == sorted(str(r.reason) for r in reference.rejects)
+
+
+_PADDINGS = (" {}", "{} ", "  {}  ", "\t{}", "{}\t", "", " ", "\u00a0{}")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_padded_and_blank_text_reads_as_the_reference_reads_it(seed: int) -> None:
+    """Spaces around any field are trimmed, blank fields are missing, other whitespace is kept.
+
+    The batch path only trims texts that its cheap tests (``c < '!'``, ``LIKE '% '``)
+    let through; this pads random cells of every field and compares with the
+    reference path, tiers and reject details both.
+    """
+    policy, rows, as_of_us = _random_case(4000 + seed, customers=6)
+    rng = random.Random(seed)
+    rows = rows.astype(object)
+    for _ in range(len(rows) // 2):
+        at, column = rng.randrange(len(rows)), rng.choice(list(rows.columns))
+        value = rows.at[at, column]
+        if value is not None and not pd.isna(value):
+            rows.at[at, column] = rng.choice(_PADDINGS).format(value)
+    reference = classify(policy, rows.to_dict("records"), as_of_us)
+    got_tiers, got_rejects = classify_frame(policy, rows, as_of_us)
+    assert_same_tiers(got_tiers, reference.frame())
+    expected = sorted((r.row, str(r.reason), r.detail) for r in reference.rejects)
+    got = zip(got_rejects["row"].astype(int), got_rejects["reason"], got_rejects["detail"], strict=True)
+    assert sorted(got) == expected
+
+
+def test_bad_rows_after_as_of_are_invisible_on_both_paths() -> None:
+    """A bad row dated after ``as_of`` is not a reject; a row without a readable time is."""
+    policy = parse_policy({"base_currency": "USD", "tiers": [{"name": "Base"}, {"name": "Gold", "min_spend": 100}]})
+    good = {"event_type": "placed", "order_id": "o1", "customer_id": "c1", "occurred_at": "2025-01-01T00:00:00Z",
+            "amount": "150", "currency": "USD"}
+    rows = pd.DataFrame([
+        {**good, "event_id": "e1"},
+        {**good, "event_id": None, "order_id": "o2", "occurred_at": "2025-03-01"},  # after as_of
+        {**good, "event_id": "e3", "order_id": "o3", "currency": "XXX", "occurred_at": "2025-03-01"},  # after
+        {**good, "event_id": "e4", "order_id": "o4", "occurred_at": "yesterday"},
+        {**good, "event_id": None, "order_id": "o5"},
+    ])
+    as_of_us = parse_instant("2025-02-01T00:00:00Z")
+    want = [(4, "unparseable_time"), (5, "missing_field")]
+    reference = classify(policy, rows.to_dict("records"), as_of_us)
+    assert sorted((r.row, str(r.reason)) for r in reference.rejects) == want
+    _, rejects = classify_frame(policy, rows, as_of_us)
+    assert sorted(zip(rejects["row"].astype(int), rejects["reason"], strict=True)) == want
 
 
 @pytest.mark.parametrize("seed", range(12))
