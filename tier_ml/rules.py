@@ -331,12 +331,18 @@ def replay(
         changes = list(start.changes)
     cut = None if checkpoint_before is None else min(checkpoint_before, as_of_us + 1)
     checkpoint = None
+    # The running state holds every instant before ``ready`` (and none after): a checkpoint
+    # is dated at ``cut`` or, when that state already holds instants at or after ``cut``
+    # (the resumed ones, or the customer's first instant), at ``ready``.
+    ready = begin
     for t in instants:
         if cut is not None and checkpoint is None and t >= cut and (start is not None or t > instants[0]):
+            before = max(cut, ready)
             checkpoint = ReplayCheckpoint(
-                customer_id, policy.fingerprint, cut, *_events_before(visible, cut),
+                customer_id, policy.fingerprint, before, *_events_before(visible, before),
                 qualifying, orders_count, tier, since, region, last_placed, tuple(changes),
             )
+        ready = t + 1
         causes: set[str] = set()
         for step in spend_at.get(t, ()):
             qualifying += step.spend_us
@@ -359,8 +365,9 @@ def replay(
             tier, since = new_tier, t
 
     if cut is not None and checkpoint is None and (start is not None or instants[0] < cut):
+        before = max(cut, ready)
         checkpoint = ReplayCheckpoint(
-            customer_id, policy.fingerprint, cut, *_events_before(visible, cut),
+            customer_id, policy.fingerprint, before, *_events_before(visible, before),
             qualifying, orders_count, tier, since, region, last_placed, tuple(changes),
         )
     eligible = policy.eligible_tier(qualifying, orders_count, region)

@@ -12,6 +12,8 @@ from tier_ml.events import validate
 from tier_ml.money import instant_to_micros
 from tier_ml.rules import replay
 
+DAY_US = 86_400_000_000
+
 
 def _customers(rng: random.Random):
     policy = random_policy(rng)
@@ -46,6 +48,59 @@ def test_resumed_replay_equals_full_replay(seed: int) -> None:
                 assert resumed is not None and full is not None
                 assert _comparable(resumed) == _comparable(full), (customer_id, cut, as_of)
     assert resumed_count > 0  # the checkpoints were used, not only ignored
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_resumed_replay_equals_full_replay_as_the_store_checkpoints(seed: int) -> None:
+    """The store's pattern: a replay at any later clock, checkpointed at its latest event.
+
+    The first replay sees the events at or before an instant ``latest`` (those *at* it
+    too) and runs to a clock at or after it, so the instants from ``latest`` on (that
+    event's maturity, window exit, grace end) are replayed before the checkpoint is cut.
+    """
+    rng = random.Random(7000 + seed)
+    policy, by_customer, as_ofs = _customers(rng)
+    for customer_id, events in by_customer.items():
+        instants = sorted({e.at_us for e in events})
+        as_of = max(as_ofs[-1], instants[-1])
+        full = replay(policy, customer_id, events, as_of)
+        for latest in rng.sample(instants, min(4, len(instants))):
+            seen = [e for e in events if e.at_us <= latest]
+            clock = rng.choice([latest, (latest + as_of) // 2, as_of])
+            first = replay(policy, customer_id, seen, clock, checkpoint_before=latest)
+            if first is None or first.checkpoint is None:
+                continue
+            resumed = replay(policy, customer_id, events, as_of, resume=first.checkpoint)
+            assert _comparable(resumed) == _comparable(full), (customer_id, latest, clock)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_chain_of_resumed_replays_equals_full_replays(seed: int) -> None:
+    """Events arrive a few at a time; each replay resumes from the last one's checkpoint.
+
+    This is the store's loop: after each arrival, and at sweeps at later clocks with
+    no new events, the customer is replayed at the clock, resuming from the checkpoint
+    of the replay before, and checkpointed at the latest event seen.
+    """
+    rng = random.Random(9000 + seed)
+    policy, by_customer, as_ofs = _customers(rng)
+    for customer_id, events in by_customer.items():
+        events = sorted(events, key=lambda e: (e.at_us, e.event_id))
+        checkpoint = None
+        clock = -(2**62)
+        seen = 0
+        while seen < len(events):
+            seen += rng.choice([1, 1, 2, 3])
+            arrived = events[:seen]
+            latest = arrived[-1].at_us
+            following = events[seen].at_us if seen < len(events) else as_ofs[-1] + 400 * DAY_US
+            start = max(clock, latest)
+            end = max(start, following - 1)
+            for clock in sorted({start, rng.randint(start, end), (start + end) // 2, end}):
+                resumed = replay(policy, customer_id, arrived, clock, resume=checkpoint, checkpoint_before=latest)
+                full = replay(policy, customer_id, arrived, clock)
+                assert _comparable(resumed) == _comparable(full), (customer_id, seen, clock)
+                checkpoint = resumed.checkpoint if resumed is not None else None
 
 
 def test_a_checkpoint_that_no_longer_holds_is_ignored() -> None:
