@@ -100,6 +100,19 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+#: JSON lines are read with every event field as text, as written: types the reader would
+#: infer from a sample (a time, a number) fail on a later row that does not fit them.
+_JSON_FIELDS = "{" + ", ".join(f"{sql_literal(name)}: 'VARCHAR'" for name in EVENT_FIELDS) + "}"
+
+
+def read_error(source: str | Path, exc: duckdb.Error) -> EventReadError:
+    """One line for a file DuckDB cannot read (its messages run to many lines of hints)."""
+    kind = detect_format(Path(source))
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    hint = " (does every row have the header's fields, comma separated?)" if "sniffing" in first else ""
+    return EventReadError(f"{source}: cannot read {kind} events: {first}{hint}")
+
+
 def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.DataFrame) -> None:
     """Expose the input as view ``src`` with the nine event fields and a 1-based ``row``."""
     if isinstance(source, pd.DataFrame):
@@ -122,22 +135,26 @@ def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.Data
         if not path.is_file():
             raise EventReadError(f"{path}: no such events file")
         quoted = sql_literal(str(path))
+        present = None
         if kind == "parquet":
             scan = f"SELECT file_row_number + 1 AS row, * EXCLUDE (file_row_number) FROM read_parquet({quoted}, file_row_number = true)"
         elif kind == "csv":
             scan = f"SELECT row_number() OVER () AS row, * FROM read_csv({quoted}, all_varchar = true, header = true)"
         else:
-            scan = f"SELECT row_number() OVER () AS row, * FROM read_json({quoted}, format = 'newline_delimited')"
+            scan = f"SELECT row_number() OVER () AS row, * FROM read_json({quoted}, format = 'newline_delimited', columns = {_JSON_FIELDS})"
         try:
+            if kind == "jsonl":  # the keys the file has (from a sample), for the check below
+                described = f"DESCRIBE SELECT * FROM read_json({quoted}, format = 'newline_delimited')"
+                present = {name for name, *_ in con.execute(described).fetchall()}
             con.execute(f"CREATE OR REPLACE TEMP VIEW src_raw AS {scan}")
             con.execute("SELECT * FROM src_raw LIMIT 0")
         except duckdb.Error as exc:
-            raise EventReadError(f"{path}: cannot read {kind} events: {exc}") from None
+            raise read_error(path, exc) from None
     types = _raw_types(con)
     missing = [
         n
         for n in ("event_id", "event_type", "order_id", "customer_id", "occurred_at")
-        if n not in types
+        if n not in (types if present is None else present)
     ]
     if missing:
         raise EventReadError(f"{source}: missing required columns {missing}; found {sorted(types)}")
@@ -1087,7 +1104,14 @@ def run_pipeline(
         "output": lambda: con.execute(output_sql(policy)),
     }
     for name in PIPELINE_STAGES:
-        stages[name]()
+        try:
+            stages[name]()
+        except (duckdb.InvalidInputException, duckdb.IOException) as exc:
+            # validate and rejects read the source in full: a row that breaks the file's
+            # format is found there (registering it only read a sample)
+            if name not in ("validate", "rejects") or isinstance(source, pd.DataFrame):
+                raise
+            raise read_error(source, exc) from None
         if on_stage is not None:
             on_stage(name)
 

@@ -389,7 +389,7 @@ def read_events(path: str | Path) -> pd.DataFrame:
         if kind == "csv":
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         elif kind == "jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False)
+            frame = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
             frame = frame.astype(object).where(frame.notna(), None)
         else:
             frame = pd.read_parquet(path)

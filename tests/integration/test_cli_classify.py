@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -39,20 +40,69 @@ def test_classify_writes_tiers_and_rejects(tmp_path: Path) -> None:
     assert reference.read_bytes() == out.read_bytes()  # the same file, byte for byte
 
 
-def test_classify_parquet_and_jsonl_inputs_agree(tmp_path: Path) -> None:
-    events = pd.read_csv(_events_file(tmp_path), dtype=str, keep_default_na=False)
-    outs = []
-    for name in ("events.parquet", "events.jsonl"):
-        path = tmp_path / name
-        if name.endswith(".parquet"):
+def test_csv_parquet_and_jsonl_inputs_give_the_same_files(tmp_path: Path) -> None:
+    """The same rows as CSV, Parquet (text) and JSON lines: tiers and rejects byte for byte.
+
+    The rejects keep every field as written (``occurred_at`` too), whatever the format.
+    """
+    csv_path = _events_file(tmp_path)
+    events = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    files = []
+    for path in (csv_path, tmp_path / "events.parquet", tmp_path / "events.jsonl"):
+        if path.suffix == ".parquet":
             events.to_parquet(path)
-        else:
+        elif path.suffix == ".jsonl":
             events.to_json(path, orient="records", lines=True)
-        out = tmp_path / f"{name}.tiers.csv"
-        result = runner.invoke(app, ["classify", "-e", str(path), "--as-of", "2025-06-30", "-o", str(out)])
+        out, rejects = tmp_path / f"{path.name}.tiers.csv", tmp_path / f"{path.name}.rejects.csv"
+        result = runner.invoke(app, ["classify", "-e", str(path), "--as-of", "2025-06-30", "-o", str(out),
+                                     "--rejects", str(rejects)])
         assert result.exit_code == 0, result.output
-        outs.append(pd.read_csv(out))
-    pd.testing.assert_frame_equal(outs[0], outs[1])
+        files.append((out.read_bytes(), rejects.read_bytes()))
+    assert files[1] == files[0] and files[2] == files[0]
+    assert len(files[0][1].splitlines()) > 1  # there are rejects to compare
+
+
+def _jsonl(path: Path, rows: list[dict], tail: str = "") -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + tail)
+    return path
+
+
+def _good_rows(count: int) -> list[dict]:
+    return [{"event_id": f"e{i}", "event_type": "placed", "order_id": f"o{i}", "customer_id": f"c{i % 50}",
+             "occurred_at": "2025-01-01T00:00:00Z", "amount": 5, "currency": "USD"} for i in range(count)]
+
+
+def test_jsonl_rows_that_break_the_sampled_types_are_rejects(tmp_path: Path) -> None:
+    """Past the reader's sample (20,480 rows), a text time and a text amount are only bad rows."""
+    rows = _good_rows(25_000)
+    rows[24_000]["occurred_at"] = "yesterday"
+    rows[24_001]["amount"] = "abc"
+    events = _jsonl(tmp_path / "events.jsonl", rows)
+    out, rejects = tmp_path / "tiers.csv", tmp_path / "rejects.csv"
+    result = runner.invoke(app, ["classify", "-e", str(events), "--as-of", "2025-06-30", "-o", str(out),
+                                 "--rejects", str(rejects)])
+    assert result.exit_code == 0, result.output
+    found = pd.read_csv(rejects, dtype=str)
+    assert list(zip(found["row"], found["reason"], found["occurred_at"], found["amount"], strict=True)) == [
+        ("24001", "unparseable_time", "yesterday", "5"),
+        ("24002", "unparseable_amount", "2025-01-01T00:00:00Z", "abc"),
+    ]
+    assert len(pd.read_csv(out)) == 50
+
+
+def test_a_file_broken_after_the_sample_exits_2_with_one_line(tmp_path: Path) -> None:
+    broken_json = _jsonl(tmp_path / "broken.jsonl", _good_rows(25_000), tail='{"event_id": "x", oops\n')
+    header = "event_id,event_type,order_id,customer_id,occurred_at,amount,currency\n"
+    lines = [f"e{i},placed,o{i},c1,2025-01-01,5,USD\n" for i in range(30_000)]
+    lines[25_000] = "e25000,placed,o25000,c1,2025-01-01,5,USD,extra,fields\n"
+    broken_csv = tmp_path / "broken.csv"
+    broken_csv.write_text(header + "".join(lines))
+    for path, says in ((broken_json, "Malformed JSON"), (broken_csv, "cannot read csv events")):
+        result = runner.invoke(app, ["classify", "-e", str(path), "--as-of", "2025-06-30",
+                                     "-o", str(tmp_path / "tiers.csv")])
+        assert result.exit_code == 2, result.output
+        assert says in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) <= 2, result.output  # one line (folded at most once)
 
 
 def test_unreadable_file_and_bad_policy_exit_2_with_one_line(tmp_path: Path) -> None:
