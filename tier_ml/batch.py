@@ -115,6 +115,7 @@ def read_error(source: str | Path, exc: duckdb.Error) -> EventReadError:
 
 def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.DataFrame) -> None:
     """Expose the input as view ``src`` with the nine event fields and a 1-based ``row``."""
+    present: set[str] | None = None  # the columns a JSON lines file has, when not all are read
     if isinstance(source, pd.DataFrame):
         frame = source.copy()
         for name in EVENT_FIELDS:
@@ -135,7 +136,6 @@ def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.Data
         if not path.is_file():
             raise EventReadError(f"{path}: no such events file")
         quoted = sql_literal(str(path))
-        present = None
         if kind == "parquet":
             scan = f"SELECT file_row_number + 1 AS row, * EXCLUDE (file_row_number) FROM read_parquet({quoted}, file_row_number = true)"
         elif kind == "csv":
