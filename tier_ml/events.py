@@ -41,10 +41,10 @@ REQUIRED_FIELDS = ("event_id", "event_type", "order_id", "customer_id", "occurre
 
 # ISO 8601 as tier-ml accepts it: a date, optionally a time, optionally an offset.
 # A time without an offset is UTC.
-TIME_PATTERN = (
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+TIME_PATTERN = (  # no lookarounds: DuckDB (RE2) matches the same pattern on the batch path
+    r"([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-[0-9]{2}-[0-9]{2}"  # year 0001-9999
     r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,9})?)?"
-    r"(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)?)?"
+    r"(Z|z|[+-]([01][0-9]|2[0-3])(:?[0-5][0-9])?)?)?"  # an offset under 24 hours
 )
 AMOUNT_PATTERN = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
 _TIME_RE = re.compile(TIME_PATTERN)

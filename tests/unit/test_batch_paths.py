@@ -154,6 +154,32 @@ def test_padded_and_blank_text_reads_as_the_reference_reads_it(seed: int) -> Non
     assert sorted(got) == expected
 
 
+_EDGE_TIMES = (
+    "0000-01-01", "1969-12-31T23:59:59.999999Z", "2024-02-29", "2023-02-29",
+    "2024-04-31", "2024-13-01", "2024-01-00", "2024-01-01T00:00:00+14:00", "2024-01-01T00:00:00-12:00",
+    "2024-01-01T00:00:00+23:59", "2024-01-01T00:00:00+24:00", "2024-01-01T00:00:00+99",
+    "2024-01-01T00:00:00+0560", "2024-01-01T00:00:00.0000001Z", "2024-01-01 00:00", "2024-01-01t00:00:00Z",
+)
+
+
+def test_edge_times_are_read_alike_on_both_paths() -> None:
+    """Year 0, offsets of 24 hours or more and impossible dates are unparseable on both paths."""
+    policy = parse_policy({"base_currency": "USD", "tiers": [{"name": "Base"}]})
+    rows = pd.DataFrame([
+        {"event_id": f"e{i}", "event_type": "placed", "order_id": f"o{i}", "customer_id": f"c{i}",
+         "occurred_at": at, "amount": "10", "currency": "USD"}
+        for i, at in enumerate(_EDGE_TIMES)
+    ])
+    as_of_us = parse_instant("2100-01-01")
+    reference = classify(policy, rows.to_dict("records"), as_of_us)
+    tiers, rejects = classify_frame(policy, rows, as_of_us)
+    assert_same_tiers(tiers, reference.frame())
+    assert sorted(rejects["row"].astype(int)) == sorted(r.row for r in reference.rejects)
+    unparseable = {_EDGE_TIMES[r.row - 1] for r in reference.rejects}
+    assert {"0000-01-01", "2024-01-01T00:00:00+24:00", "2024-01-01T00:00:00+99", "2023-02-29"} <= unparseable
+    assert "2024-01-01T00:00:00+23:59" not in unparseable
+
+
 def test_bad_rows_after_as_of_are_invisible_on_both_paths() -> None:
     """A bad row dated after ``as_of`` is not a reject; a row without a readable time is."""
     policy = parse_policy({"base_currency": "USD", "tiers": [{"name": "Base"}, {"name": "Gold", "min_spend": 100}]})
