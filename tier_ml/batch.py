@@ -48,7 +48,9 @@ from tier_ml.events import (
     frame_records,
     read_events,
     rejects_frame,
+    too_large,
 )
+from tier_ml.money import MAX_AMOUNT
 from tier_ml.parts import Part, customer_parts, map_on_threads, run_starts
 from tier_ml.policy import Policy
 from tier_ml.replay_kernel import (
@@ -340,6 +342,7 @@ def stateless_sql(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str:
              WHEN {priced} AND amount_num IS NULL THEN 'unparseable_amount'
              WHEN {priced} AND NOT amount_num > 0 THEN 'non_positive_amount'
              WHEN {priced} AND rate IS NULL THEN 'unknown_currency'
+             WHEN {priced} AND amount_num * rate >= {_double(MAX_AMOUNT)} THEN 'unparseable_amount'
            END AS reason
         FROM typed
     )
@@ -352,10 +355,11 @@ def stateless_sql(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str:
     """
 
 
-def stateless_detail_sql() -> str:
+def stateless_detail_sql(policy: Policy) -> str:
     """The detail of a per-row reject, from the raw fields of ``src`` aliased ``s``."""
     kind = _KIND_CODE.replace("event_type", "s.event_type")
     q = "'''"  # a quote inside a SQL string literal
+    before_amount, after_amount = too_large("\0", policy).split("\0")
     return f"""
     CASE
       WHEN s.event_id IS NULL THEN 'event_id is missing'
@@ -370,7 +374,9 @@ def stateless_detail_sql() -> str:
       WHEN s.currency IS NULL THEN 'currency is missing'
       WHEN s.amount_num IS NULL THEN 'amount {q} || s.amount || {q} is not a number'
       WHEN NOT s.amount_num > 0 THEN 'amount {q} || s.amount || {q} must be positive'
-      ELSE 'currency {q} || upper(s.currency) || {q} has no fx rate in the policy'
+      WHEN {_rate_sql(policy, "s.currency")} IS NULL
+        THEN 'currency {q} || upper(s.currency) || {q} has no fx rate in the policy'
+      ELSE {sql_literal(before_amount)} || s.amount || {sql_literal(after_amount)}
     END"""
 
 
@@ -495,7 +501,7 @@ def _kept_fields_sql(types: dict[str, str]) -> str:
     )
 
 
-def _rejects_sql(types: dict[str, str]) -> list[str]:
+def _rejects_sql(policy: Policy, types: dict[str, str]) -> list[str]:
     """Every rejected row with its reason, detail and fields as read.
 
     The fields are computed for the rejected rows only, not for the whole input: from
@@ -529,7 +535,7 @@ def _rejects_sql(types: dict[str, str]) -> list[str]:
     """, f"""
     CREATE OR REPLACE TEMP TABLE rejects AS
     WITH picked AS ({picked} WHERE row IN (SELECT row FROM reject_reasons))
-    SELECT f.row, f.reason, coalesce(f.detail, {stateless_detail_sql()}) AS detail, {raw_fields}
+    SELECT f.row, f.reason, coalesce(f.detail, {stateless_detail_sql(policy)}) AS detail, {raw_fields}
     FROM reject_reasons f JOIN picked s ON s.row = f.row
     ORDER BY f.row, f.reason
     """, "DROP TABLE reject_reasons"]
@@ -1098,7 +1104,7 @@ def run_pipeline(
     stages: dict[str, Callable[[], None]] = {
         "validate": lambda: con.execute(stateless_sql(policy, as_of_us, keeps_raw_fields(_raw_types(con)))),
         "ledger": lambda: _ledger(con),
-        "rejects": lambda: [con.execute(sql) for sql in _rejects_sql(_raw_types(con))],
+        "rejects": lambda: [con.execute(sql) for sql in _rejects_sql(policy, _raw_types(con))],
         "orders": lambda: [con.execute(sql) for sql in orders_sql(policy, as_of_us)],
         "replay": lambda: replay_stage(con, policy, as_of_us, placements_hook),
         "output": lambda: con.execute(output_sql(policy)),

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from tier_ml.money import instant_to_micros, to_micros
+from tier_ml.money import MAX_AMOUNT, MAX_AMOUNT_TEXT, instant_to_micros, to_micros
 from tier_ml.policy import Policy
 
 EVENT_FIELDS = (
@@ -194,6 +194,11 @@ def parse_amount(value: Any) -> float | None:
 # --- validation --------------------------------------------------------------------------
 
 
+def too_large(amount_text: str, policy: Policy) -> str:
+    """The detail of an amount at or over ``MAX_AMOUNT`` in the base currency."""
+    return f"amount '{amount_text}' is too large ({MAX_AMOUNT_TEXT} {policy.base_currency} or more)"
+
+
 def check_row(raw: Mapping[str, Any], policy: Policy) -> OrderEvent | tuple[RejectReason, str]:
     """Validate one row on its own (no other rows needed): the event, or a reason and detail."""
     for name in REQUIRED_FIELDS:
@@ -233,6 +238,8 @@ def check_row(raw: Mapping[str, Any], policy: Policy) -> OrderEvent | tuple[Reje
                 RejectReason.UNKNOWN_CURRENCY,
                 f"currency '{currency}' has no fx rate in the policy",
             )
+        if amount * rate >= MAX_AMOUNT:
+            return RejectReason.UNPARSEABLE_AMOUNT, too_large(_text(raw.get("amount")), policy)
         amount_us = to_micros(amount, rate)
     return OrderEvent(
         event_id=_text(raw.get("event_id")),

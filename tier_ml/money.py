@@ -19,6 +19,11 @@ from datetime import UTC, datetime, timedelta
 
 MICROS_PER_UNIT = 1_000_000
 MICROS_PER_DAY = 86_400 * 1_000_000
+#: An event's amount in the base currency must be below this: micro-units are 64-bit integers
+#: (up to 9.2e12 units), and the sum of a customer's orders must fit too. A larger amount is
+#: rejected as ``unparseable_amount`` on every path (it is not an amount tier-ml can hold).
+MAX_AMOUNT = 1e12
+MAX_AMOUNT_TEXT = "10^12"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

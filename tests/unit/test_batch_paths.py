@@ -21,8 +21,8 @@ import pytest
 from tests.eventgen import as_of_instants, random_events, random_policy
 from tests.tiers import assert_same_tiers
 from tier_ml import batch, parts
-from tier_ml.batch import classify_frame
-from tier_ml.events import parse_instant
+from tier_ml.batch import classify_frame, classify_to_files
+from tier_ml.events import parse_instant, read_events
 from tier_ml.money import instant_to_micros
 from tier_ml.policy import Policy, parse_policy
 from tier_ml.replay_kernel import replay_customers, replay_steady_customers
@@ -178,6 +178,31 @@ def test_edge_times_are_read_alike_on_both_paths() -> None:
     unparseable = {_EDGE_TIMES[r.row - 1] for r in reference.rejects}
     assert {"0000-01-01", "2024-01-01T00:00:00+24:00", "2024-01-01T00:00:00+99", "2023-02-29"} <= unparseable
     assert "2024-01-01T00:00:00+23:59" not in unparseable
+
+
+def test_amounts_too_large_for_micro_units_are_rejects_on_both_paths(tmp_path) -> None:
+    """From 10^12 in the base currency (after fx) an amount is a reject, not an overflow."""
+    policy = parse_policy({"base_currency": "USD", "fx_rates": {"EUR": 1.1}, "tiers": [{"name": "Base"}]})
+    amounts = [("999999999999.99", "USD"), ("1e12", "USD"), ("1e15", "USD"), ("1e300", "USD"),
+               ("909090909090", "EUR"), ("909090909091", "EUR")]
+    rows = pd.DataFrame([
+        {"event_id": f"e{i}", "event_type": "placed", "order_id": f"o{i}", "customer_id": f"c{i}",
+         "occurred_at": "2025-01-01", "amount": amount, "currency": currency}
+        for i, (amount, currency) in enumerate(amounts)
+    ])
+    as_of_us = parse_instant("2025-06-01")
+    for source in (rows, rows.astype({"amount": float})):  # text, and numbers (as Parquet keeps them)
+        path = tmp_path / "events.parquet"
+        source.to_parquet(path)
+        reference = classify(policy, read_events(path).to_dict("records"), as_of_us)
+        want = sorted((r.row, str(r.reason), r.detail) for r in reference.rejects)
+        assert [row for row, *_ in want] == [2, 3, 4, 6]
+        assert all(reason == "unparseable_amount" and "too large" in detail for _, reason, detail in want)
+        classify_to_files(policy, path, as_of_us, tmp_path / "tiers.csv", tmp_path / "rejects.csv")
+        got = pd.read_csv(tmp_path / "rejects.csv", dtype=str)
+        assert sorted(zip(got["row"].astype(int), got["reason"], got["detail"], strict=True)) == want
+        tiers = pd.read_csv(tmp_path / "tiers.csv", dtype={"customer_id": str}).fillna({"region": ""})
+        assert_same_tiers(tiers, reference.frame())
 
 
 def test_bad_rows_after_as_of_are_invisible_on_both_paths() -> None:

@@ -247,7 +247,7 @@ def _check_rows(
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The per-row stage for ``mapInArrow``: ``checked`` rows plus what the later stages need."""
     statement = stateless_sql(policy, as_of_us)
-    detail = stateless_detail_sql()
+    detail = stateless_detail_sql(policy)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         con = connect(threads=1, memory_limit="1GB")

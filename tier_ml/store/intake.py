@@ -47,7 +47,7 @@ from tier_ml.events import (
     parse_amount,
     parse_instant,
 )
-from tier_ml.money import to_micros
+from tier_ml.money import MAX_AMOUNT, to_micros
 from tier_ml.policy import Policy
 
 RawEvent = dict[str, str | None]
@@ -247,7 +247,7 @@ class RowChecker:
             if amount is None or not amount > 0:
                 return None
             rate = self._rate(currency)
-            if rate is None:
+            if rate is None or amount * rate >= MAX_AMOUNT:
                 return None
             amount_us = to_micros(amount, rate)
         return OrderEvent(
