@@ -7,6 +7,7 @@ message and a non-zero exit code, never a traceback.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -73,6 +74,34 @@ def parse_instant_or_exit(text: str | None, option: str) -> int:
             f"{option} {text!r} is not an ISO 8601 time (e.g. 2025-06-30 or 2025-06-30T12:00:00Z)"
         )
     return parsed
+
+
+def output_path_or_exit(
+    path: Path | None, option: str, others: dict[str, Path | None] | None = None
+) -> None:
+    """Refuse, before any work, an output ``path`` that cannot be written (a folder, a place
+    the user may not write to) or that is the same file as one of ``others`` (the command's
+    inputs or other outputs, which writing it would destroy). None or "-" (stdout) pass."""
+    if path is None or str(path) == "-":
+        return
+    for name, other in (others or {}).items():
+        if other is not None and path.absolute().resolve() == other.absolute().resolve():
+            raise fail(f"{option} {path} is the same file as {name}; write to another file")
+    if path.is_dir():
+        raise fail(f"{option} {path} is a folder; give a file name")
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise fail(f"{option} {path}: cannot write in {folder}")
+    if folder != path.absolute().parent:
+        return  # the command creates the missing folders below a writable one
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise fail(f"{option} {path}: cannot write this file ({exc.strerror or exc})") from None
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 def tier_table(counts: dict[str, int], title: str) -> Table:
@@ -146,6 +175,8 @@ def classify(
     as_of_us = parse_instant_or_exit(as_of, "--as-of")
     if engine not in {"duckdb", "spark", "reference"}:
         raise fail(f"--engine must be duckdb, spark or reference, not {engine!r}")
+    output_path_or_exit(out, "--out", {"--events": events})
+    output_path_or_exit(rejects, "--rejects", {"--events": events, "--out": out})
     started = time.perf_counter()
     try:
         if engine == "spark":
@@ -254,6 +285,8 @@ def simulate_command(
         raise fail("; ".join(problems)) from None
     if out.suffix.lower() not in {".csv", ".parquet", ".pq"}:
         raise fail(f"--out {out}: use a .parquet or .csv file name")
+    output_path_or_exit(out, "--out")
+    output_path_or_exit(truth, "--truth", {"--out": out})
     with console.status(f"simulating {config.n_customers:,} customers ..."):
         sim = run_simulation(config)
     with console.status(f"writing {len(sim.events):,} events ..."):
@@ -373,6 +406,8 @@ def import_command(
     rules = load_policy_or_exit(policy) if policy is not None else None
     if out.suffix.lower() not in {".csv", ".parquet", ".pq"}:
         raise fail(f"--out {out}: use a .parquet or .csv file name")
+    output_path_or_exit(out, "--out", {"the export": source})
+    output_path_or_exit(rejects, "--rejects", {"the export": source, "--out": out})
     started = time.perf_counter()
     try:
         result = import_export(

@@ -402,6 +402,21 @@ def _hex(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pairs).view("S16").ravel().astype(str)
 
 
+def _check_date_format(date_format: str | None) -> None:
+    """A --date-format strptime cannot use fails the import up front, instead of rejecting
+    every row as unparseable_time."""
+    if date_format is None or date_format.lower() == "iso":
+        return
+    if "%" not in date_format:
+        raise ExportError(
+            f"--date-format {date_format!r} has no strptime directive (e.g. '%d.%m.%Y %H:%M')"
+        )
+    try:
+        pd.to_datetime(pd.Series(["2000-01-01"]), format=date_format, errors="coerce")
+    except ValueError as exc:
+        raise ExportError(f"--date-format {date_format!r} is not a strptime format: {exc}") from None
+
+
 def convert(
     frame: pd.DataFrame, options: ImportOptions, policy: Policy | None = None
 ) -> ImportResult:
@@ -411,6 +426,7 @@ def convert(
         ZoneInfo(options.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ExportError(f"--timezone {options.timezone!r} is not an IANA time zone") from None
+    _check_date_format(options.date_format)
     frame = frame.reset_index(drop=True)
     rejects = _Rejects(frame.index)
 

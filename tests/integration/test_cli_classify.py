@@ -115,3 +115,41 @@ def test_unreadable_file_and_bad_policy_exit_2_with_one_line(tmp_path: Path) -> 
     assert result.exit_code == 2 and "must increase" in result.output
     result = runner.invoke(app, ["classify", "--events", str(_events_file(tmp_path)), "--as-of", "yesterday"])
     assert result.exit_code == 2 and "ISO 8601" in result.output
+
+
+def test_outputs_that_cannot_be_written_exit_2_and_keep_the_events(tmp_path: Path) -> None:
+    events = _events_file(tmp_path)
+    original = events.read_bytes()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    a_file = tmp_path / "plain.csv"
+    a_file.write_text("x")
+    base = ["classify", "--events", str(events), "--as-of", "2025-06-30"]
+    cases = [
+        (["--out", str(folder)], "is a folder"),
+        (["--out", str(events)], "is the same file as --events"),
+        (["--out", str(tmp_path / "t.csv"), "--rejects", str(events)], "is the same file as --events"),
+        (["--out", str(tmp_path / "t.csv"), "--rejects", str(tmp_path / "t.csv")], "same file as --out"),
+        (["--out", str(a_file / "tiers.csv")], "cannot write in"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, [*base, *extra])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and message in said, (extra, result.output)
+        assert "Traceback" not in result.output
+    assert events.read_bytes() == original  # nothing was overwritten
+
+
+def test_unreadable_and_broken_policy_yaml_is_one_line(tmp_path: Path) -> None:
+    events = str(_events_file(tmp_path))
+    binary = tmp_path / "policy.yaml"
+    binary.write_bytes(b"\x00\xff\xfe not text")
+    result = runner.invoke(app, ["classify", "--events", events, "--policy", str(binary)])
+    assert result.exit_code == 2 and "not UTF-8 text" in result.output
+    assert "Traceback" not in result.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("tiers: [\n")
+    result = runner.invoke(app, ["classify", "--events", events, "--policy", str(broken)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "not valid YAML" in said and "at line 2, column 1" in said
+    assert len(result.output.strip().splitlines()) == 1

@@ -142,3 +142,37 @@ def test_help_explains_the_commands() -> None:
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0
         assert words in said(result)
+
+
+def test_outputs_never_overwrite_the_inputs_or_each_other(tmp_path: Path) -> None:
+    same = runner.invoke(
+        app, ["simulate", "--customers", "5", "--out", str(tmp_path / "e.csv"), "--truth", str(tmp_path / "e.csv")]
+    )
+    assert same.exit_code == 2 and "is the same file as --out" in said(same)
+    assert not (tmp_path / "e.csv").exists()
+    folder = tmp_path / "folder.parquet"
+    folder.mkdir()
+    into_folder = runner.invoke(app, ["simulate", "--customers", "5", "--out", str(folder)])
+    assert into_folder.exit_code == 2 and "is a folder" in said(into_folder)
+    assert "Traceback" not in into_folder.output
+    source = tmp_path / "export.csv"
+    source.write_text("customer_id,occurred_at,amount\nC1,2025-01-01,5\n", encoding="utf-8")
+    onto_source = runner.invoke(app, ["import", str(source), "--out", str(source), "--currency", "USD"])
+    assert onto_source.exit_code == 2 and "is the same file as the export" in said(onto_source)
+    assert source.read_text(encoding="utf-8").startswith("customer_id,occurred_at,amount\nC1")
+
+
+def test_import_refuses_a_date_format_strptime_cannot_use(tmp_path: Path) -> None:
+    source = tmp_path / "export.csv"
+    source.write_text("customer_id,occurred_at,amount\nC1,01.02.2025,5\n", encoding="utf-8")
+    out = str(tmp_path / "events.parquet")
+    for fmt, message in [("%Q", "is not a strptime format"), ("", "has no strptime directive")]:
+        result = runner.invoke(
+            app, ["import", str(source), "--out", out, "--currency", "USD", "--date-format", fmt]
+        )
+        assert result.exit_code == 2 and f"--date-format {fmt!r}" in said(result), result.output
+        assert message in said(result) and "Traceback" not in result.output
+    good = runner.invoke(
+        app, ["import", str(source), "--out", out, "--currency", "USD", "--date-format", "%d.%m.%Y"]
+    )
+    assert good.exit_code == 0 and "imported 1 of 1 rows" in said(good)

@@ -137,6 +137,18 @@ def test_bad_input_is_one_line_and_exit_2(
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
 
 
+
+def test_an_out_that_cannot_be_written_fails_before_the_work(events_file: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "features.parquet"
+    folder.mkdir()
+    for out, message in [(folder, "is a folder"), (events_file, "is the same file as --events")]:
+        result = runner.invoke(
+            app, ["features", "build", "--events", str(events_file), "--cutoffs", "2025-06-01", "--out", str(out)]
+        )
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+        assert "Traceback" not in result.output
+    assert pd.read_parquet(events_file).shape[0] > 0  # the events are untouched
+
 def test_store_path_equals_batch_for_random_customers(events_file: Path, tmp_path: Path) -> None:
     rows = pd.read_parquet(events_file)
     rows = rows.sort_values("occurred_at", kind="stable")  # the store sees events as they happen

@@ -203,3 +203,20 @@ def test_campaign_without_a_registered_model_is_one_line(store, tmp_path, monkey
     no_model = run("campaigns", "run", "--now", NOW, "--db", store)
     assert no_model.exit_code == 2 and "Traceback" not in no_model.output, no_model.output
     assert "--scores" in said(no_model) or "champion" in said(no_model)
+
+
+def test_dispatch_with_no_channel_configured_refuses_and_keeps_the_messages(
+    store, tmp_path
+) -> None:
+    """Delivering to no channel would mark every message delivered: refused, none is lost."""
+    before = run("outbox", "list", "--db", store)
+    assert before.exit_code == 0 and "pending 4" in said(before)
+    for text in ("", "program_name: Rewards\n"):
+        channels = tmp_path / "channels.yaml"
+        channels.write_text(text)
+        for command in (["dispatch", "--now", NOW], ["worker", "--iterations", "1"]):
+            result = run(*command, "--channels", str(channels), "--db", store)
+            assert result.exit_code == 2, (command, result.output)
+            assert "configures no channel" in said(result) and "Traceback" not in result.output
+    after = run("outbox", "list", "--db", store)
+    assert "pending 4, delivered 0" in said(after)

@@ -279,6 +279,17 @@ def test_serve_refuses_bad_settings_with_one_line(
     assert "Traceback" not in bad_db.output + bad_keys.output
 
 
+
+def test_serve_refuses_an_unknown_log_level_with_one_line(tmp_path: Path) -> None:
+    from tier_ml.cli import app as cli
+
+    result = CliRunner().invoke(
+        cli, ["serve", "--log-level", "chatty", "--db", f"sqlite:///{tmp_path / 's.sqlite'}"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--log-level must be one of critical" in result.output and "'chatty'" in result.output
+    assert "Traceback" not in result.output
+
 def test_ledger_explains_the_tier_the_customer_endpoint_shows(client: TestClient) -> None:
     key = {"X-API-Key": support.KEYS["tiers:read"]}
     customer = client.get("/v1/customers/C1", headers=key).json()

@@ -258,6 +258,20 @@ def test_user_errors_are_one_line_with_exit_2(
         assert "error:" in result.output and "Traceback" not in result.output, args
 
 
+
+def test_a_tracking_uri_mlflow_cannot_use_is_one_line(tmp_path: Path) -> None:
+    events = tmp_path / "events.csv"
+    pd.DataFrame(
+        {"event_id": ["e1"], "event_type": ["placed"], "order_id": ["o1"], "customer_id": ["c1"],
+         "occurred_at": ["2025-01-01"], "amount": ["10"], "currency": ["USD"]}
+    ).to_csv(events, index=False)  # fmt: skip
+    common = ["--events", str(events), "--as-of", AS_OF_TEXT, "--tracking-uri", "nosuchscheme://x"]
+    for args in (["score", *common, "--out", str(tmp_path / "s.csv")], ["promote", *common]):
+        result = CliRunner().invoke(app, args)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2, (args, result.output)
+        assert "unsupported URI 'nosuchscheme://x'" in said and "Traceback" not in result.output
+
 # --- leakage: events after as_of change nothing -------------------------------------------------
 
 

@@ -30,11 +30,24 @@ from tier_ml.adapters import AdapterContext, RawEvent, event, text
 
 CHANNEL = "pos"
 KINDS = {"SALE": "placed", "RETURN": "refunded", "VOID": "cancelled"}
+#: Without these a row has no customer or no identity, so another file would be read as
+#: nothing but anonymous sales (or one replayed receipt) and silently vanish.
+REQUIRED_COLUMNS = ("receipt_id", "loyalty_id", "transaction_type", "business_date")
 
 
 def to_events(payload: Any, context: AdapterContext = AdapterContext()) -> list[RawEvent]:
-    """The canonical events of one export (CSV text, or rows already parsed as dicts)."""
+    """The canonical events of one export (CSV text, or rows already parsed as dicts).
+
+    CSV text whose header lacks a column of ``REQUIRED_COLUMNS`` is not a POS export:
+    ``ValueError`` naming the missing columns."""
     rows = csv.DictReader(io.StringIO(payload)) if isinstance(payload, str) else payload
+    if isinstance(rows, csv.DictReader) and rows.fieldnames:
+        missing = [name for name in REQUIRED_COLUMNS if name not in rows.fieldnames]
+        if missing:
+            raise ValueError(
+                f"not a POS export: no column {', '.join(missing)} (the header has "
+                f"{', '.join(rows.fieldnames)})"
+            )
     events = []
     for row in rows:
         converted = _row(row, context)

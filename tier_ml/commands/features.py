@@ -123,7 +123,13 @@ def build(
 
     import features
     from features.build import STEPS_PER_RUN, data_end_us, usable_cutoffs
-    from tier_ml.cli import console, fail, load_policy_or_exit, parse_instant_or_exit
+    from tier_ml.cli import (
+        console,
+        fail,
+        load_policy_or_exit,
+        output_path_or_exit,
+        parse_instant_or_exit,
+    )
     from tier_ml.events import EventReadError, detect_format
     from tier_ml.money import micros_to_instant
 
@@ -135,6 +141,7 @@ def build(
         raise fail(str(exc)) from None
     if out.suffix.lower() not in {".parquet", ".pq", ".csv"}:
         raise fail(f"--out {out}: write .parquet or .csv")
+    output_path_or_exit(out, "--out", {"--events": events})
     try:
         if engine not in {"duckdb", "spark"}:
             raise fail(f"--engine must be duckdb or spark, not {engine!r}")

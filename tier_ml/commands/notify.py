@@ -24,6 +24,7 @@ from tier_ml.commands.store import (
     DbOption,
     NowOption,
     _actor,
+    _check_output,
     _console,
     _fail,
     _format_of,
@@ -99,9 +100,16 @@ def load_channels_or_exit(given: Path | None, *, required: bool = True) -> Chann
             )
         return ChannelsConfig()
     try:
-        return load_channels(path)
+        config = load_channels(path)
     except ChannelsError as exc:
         raise _fail(str(exc)) from None
+    if required and not config.channel_names():
+        # delivering to no channel marks every due message delivered: refuse, lose nothing
+        raise _fail(
+            f"{path} configures no channel (webhooks, email or loyalty), so nothing could be "
+            "delivered; add one (see tier_ml/data/channels.example.yaml)"
+        )
+    return config
 
 
 def worker_tick(engine: Engine, now_us: int, config: ChannelsConfig, senders: list[Any]) -> str:
@@ -380,6 +388,7 @@ def campaigns_run(
     from tier_ml.notify.service import run_campaign
 
     now_us = _now(now)
+    _check_output(out, "--out", {"--scores": scores})
     config = load_channels_or_exit(channels, required=False)
     with _notify_errors():
         name, settings = config.campaign(campaign)

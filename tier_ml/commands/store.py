@@ -134,6 +134,14 @@ def _open(db: str | None) -> Engine:
         raise _fail(f"cannot open the store {shown}: {detail}") from None
 
 
+def _check_output(
+    path: Path | None, option: str, others: dict[str, Path | None] | None = None
+) -> None:
+    from tier_ml.cli import output_path_or_exit
+
+    output_path_or_exit(path, option, others)
+
+
 def _policy_for_empty_store(path: Path | None) -> Policy | None:
     """The policy to start an empty store with: --policy, else $TIER_ML_POLICY, else None
     (the packaged default). A store that has a policy must be given the same one or none."""
@@ -153,6 +161,7 @@ def _write_frame(frame: pd.DataFrame, out: Path | None, fmt: str) -> None:
         raise _fail("Parquet needs --out FILE")
     if not to_stdout:
         assert out is not None
+        _check_output(out, "--out")
         out.parent.mkdir(parents=True, exist_ok=True)
     target: Any = sys.stdout if to_stdout else out
     if fmt == "csv":
@@ -197,7 +206,10 @@ def _read_rows(
         raise _fail(str(exc)) from None
     if not events.is_file():
         raise _fail(f"{events}: no such payload file")
-    text = events.read_text(encoding="utf-8")
+    try:
+        text = events.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _fail(f"{events}: not UTF-8 text, so not a {channel} payload file") from None
     payloads = _payloads(events, text, channel)
     owners: dict[str, str] = {}
 
@@ -213,6 +225,9 @@ def _read_rows(
             converted = adapter(payload, context)
         except ValueError as exc:
             raise _fail(f"{events}: {exc}") from None
+        except (TypeError, LookupError, AttributeError) as exc:
+            # the payload's shape is the sender's: any error reading it is the file's, as in the API
+            raise _fail(f"{events}: not a valid {channel} payload: {exc!r}") from None
         for row in converted:
             if row.get("event_type") == "placed" and row.get("order_id") and row.get("customer_id"):
                 owners[str(row["order_id"])] = str(row["customer_id"])
@@ -412,6 +427,7 @@ def tiers_export(
     from tier_ml.store.service import export_tiers
 
     now_us = _now(now)
+    _check_output(out, "--out")
     engine = _open(db)
     with _store_errors():
         frame = export_tiers(engine, now_us)
@@ -497,6 +513,7 @@ def policy_apply(
 
     _check_batch_engine(batch_engine)
     new_policy = load_policy_or_exit(path)
+    _check_output(movers, "--movers")
     now_us = _now(now)
     until_us = _instant(grandfather_until, "--grandfather-until")
     engine = _open(db)
@@ -654,6 +671,7 @@ def audit_export(
     if fmt not in {"csv", "jsonl"}:
         raise _fail(f"--format must be csv or jsonl, not {fmt!r}")
     since_us = _instant(since, "--since")
+    _check_output(out, "--out")
     engine = _open(db)
     with _store_errors():
         frame = export_audit(engine, since_us)

@@ -70,12 +70,20 @@ def _as_of(text: str) -> datetime:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+
     from features import FeatureSchemaError
     from tier_ml.events import EventReadError
     from training.data import TrainingDataError
     from training.scoring import ModelNotFoundError
 
-    return (TrainingDataError, ModelNotFoundError, EventReadError, FeatureSchemaError)
+    return (
+        TrainingDataError,
+        ModelNotFoundError,
+        EventReadError,
+        FeatureSchemaError,
+        UnsupportedModelRegistryStoreURIException,  # a --tracking-uri MLflow cannot use
+    )
 
 
 def train(
@@ -293,6 +301,7 @@ def score(
     cli = _cli()
     if out.suffix.lower() not in {".csv", ".parquet", ".pq"}:
         raise cli.fail(f"--out {out}: use a .csv or .parquet file name")
+    cli.output_path_or_exit(out, "--out", {"--events": events})
     rules = cli.load_policy_or_exit(policy)
     instant = _as_of(as_of)
     if engine not in {"duckdb", "spark"}:

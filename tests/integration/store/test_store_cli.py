@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from tests.integration.store.support import END_OF_SIMULATION, assert_same_tiers, simulated
 from tier_ml.batch import classify_frame
 from tier_ml.cli import app
-from tier_ml.policy import load_policy
+from tier_ml.policy import DEFAULT_POLICY_PATH, load_policy
 from tier_ml.store.service import export_tiers, open_store
 
 runner = CliRunner()
@@ -191,3 +191,42 @@ def test_worker_sweeps_with_the_real_clock(store_url: str, events_file) -> None:
     result = run("worker", "--iterations", "2", "--interval", "0", "--db", store_url)
     assert result.exit_code == 0, result.output
     assert "swept" in said(result)  # the wall clock is past the simulated year: maturities are due
+
+
+def test_a_file_that_is_not_the_channels_payload_is_one_line(
+    events_file, tmp_path: Path
+) -> None:
+    """A wrong file with --channel fails with its reason; nothing is silently read as nothing."""
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    path, _ = events_file  # canonical events, not a POS export: every row would be "anonymous"
+    binary = tmp_path / "orders.json"
+    binary.write_bytes(b"\x00\xff\xfe not json")
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps([{"id": 1, "customer": 5, "line_items": "none"}]))
+    cases = [
+        (path, "pos", "not a POS export: no column receipt_id, loyalty_id"),
+        (binary, "shopify", "not UTF-8 text"),
+        (odd, "shopify", "not a valid shopify payload"),
+    ]
+    for file, channel, message in cases:
+        result = run("ingest", str(file), "--channel", channel, "--now", NOW, "--db", url)
+        assert result.exit_code == 2 and message in said(result), (channel, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_exports_to_a_place_that_cannot_be_written_are_one_line(
+    store_url: str, events_file, tmp_path: Path
+) -> None:
+    path, _ = events_file
+    assert run("ingest", str(path), "--now", NOW, "--db", store_url).exit_code == 0
+    folder = tmp_path / "exports.csv"
+    folder.mkdir()
+    for args in (["tiers", "export", "--now", NOW], ["audit", "export"]):
+        result = run(*args, "--out", str(folder), "--db", store_url)
+        assert result.exit_code == 2 and "is a folder" in said(result), result.output
+        assert "Traceback" not in result.output
+    movers = run(
+        "policy", "apply", str(DEFAULT_POLICY_PATH), "--dry-run", "--movers", str(folder),
+        "--now", NOW, "--db", store_url,
+    )
+    assert movers.exit_code == 2 and "--movers" in said(movers) and "is a folder" in said(movers)
