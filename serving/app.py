@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from serving.auth import KeyRing
 from serving.deps import Services
@@ -20,6 +20,7 @@ from serving.errors import BodyLimitMiddleware, install_error_handlers
 from serving.jobs import JobRunner
 from serving.metrics import LatencyMiddleware, Metrics
 from serving.models import ModelHolder, settle_heap
+from serving.nul_guard import refuse_nul_characters
 from serving.routers import audit, customers, events, ops, outbox, policy, predictions, segments
 from serving.scoring import AtRiskCache
 from serving.settings import ServingSettings, load_settings
@@ -112,7 +113,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         outbox.router,
         ops.router,
     ):
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(refuse_nul_characters)])
     from serving.web import install as install_dashboard  # CRM pages: router + /static
 
     install_dashboard(app)

@@ -169,8 +169,26 @@ async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status, exc.detail, exc.errors, exc.headers)
 
 
+def _not_json(request: Request, exc: RequestValidationError) -> str | None:
+    """How a body FastAPI left unparsed was labelled (``Content-Type: text/plain``), or None
+    when it was JSON: ``curl -d`` sends form encoding, and no content type is not JSON either."""
+    if not isinstance(exc.body, bytes | bytearray):
+        return None
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return None
+    return f"Content-Type: {media}" if media else "no Content-Type"
+
+
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    media = _not_json(request, exc)
+    if media is not None:  # a 415 saying so, not pydantic's "valid dictionary" on "body"
+        reason = (
+            f"send the body as JSON with Content-Type: application/json (this request has {media})"
+        )
+        errors = [{"field": "content-type", "in": "header", "reason": reason}]
+        return problem_response(request, 415, reason, errors)
     errors = _validation_errors(exc)
     first = errors[0] if errors else {"field": "request", "reason": "invalid"}
     detail = f"{first['field']}: {first['reason']}"

@@ -258,7 +258,7 @@ def get_ledger(
     "/v1/customers/{customer_id}/override",
     response_model=CustomerOut,
     summary="Give a customer a tier whatever the rules say, until a time or until removed (admin)",
-    responses=problem_responses(401, 403, 404, 409, 422),
+    responses=problem_responses(401, 403, 404, 409, 415, 422),
 )
 def put_override(
     customer_id: CustomerId,

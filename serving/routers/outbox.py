@@ -7,13 +7,16 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from serving.deps import Admin, NowDep, ServicesDep
 from serving.errors import problem_responses
 from tier_ml.notify.service import outbox_counts, outbox_list, outbox_retry
 
 router = APIRouter(tags=["outbox"])
+#: Outbox ids are 64-bit integers: a larger one is a 422 on its field, not a database overflow.
+MAX_ID = 2**63 - 1
+OutboxId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class OutboxPage(BaseModel):
@@ -24,7 +27,10 @@ class OutboxPage(BaseModel):
 
 
 class RetryIn(BaseModel):
-    ids: list[int] | None = Field(
+    # a misspelt "ids" must not be read as "omitted", which retries every dead letter
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[OutboxId] | None = Field(
         default=None,
         max_length=10_000,
         description="Outbox ids to retry; omit to retry every dead letter.",
@@ -51,7 +57,7 @@ def get_outbox(
     customer_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
     kind: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
-    after_id: Annotated[int | None, Query(ge=0)] = None,
+    after_id: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
 ) -> OutboxPage:
     messages = outbox_list(
         services.engine,
@@ -68,7 +74,7 @@ def get_outbox(
     "/v1/outbox/retry",
     response_model=RetryOut,
     summary="Put dead letters (or the given ids) back in line with a fresh attempt budget (admin)",
-    responses=problem_responses(401, 403, 422),
+    responses=problem_responses(401, 403, 415, 422),
 )
 def post_retry(
     body: RetryIn, principal: Admin, services: ServicesDep, now_us: NowDep

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from serving.deps import Admin, NowDep, ServicesDep, TiersReader
 from serving.errors import Problem, problem_responses
+from serving.nul_guard import nul_path
 from serving.schemas import (
     FieldChange,
     JobOut,
@@ -27,6 +28,26 @@ from tier_ml.store import jobs as job_store
 from tier_ml.store.service import StoreError, apply_policy, iso_instant, policy_versions
 
 router = APIRouter(tags=["policy and jobs"])
+
+
+class AliasRefused(yaml.YAMLError):
+    """A YAML alias (``*name``) in a policy sent over HTTP."""
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses aliases: through them (and ``<<`` merge keys) a few hundred
+    bytes expand to billions of values inside ``safe_load`` itself, before any check of
+    the result could run. Policies have no use for them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            line = event.start_mark.line + 1 if event.start_mark else "?"
+            raise AliasRefused(
+                f"policy_yaml uses the alias *{event.anchor} (line {line}); YAML aliases are "
+                "not accepted here: write the values out"
+            )
+        return super().compose_node(parent, index)
 
 
 @router.get(
@@ -69,11 +90,20 @@ def parse_policy_input(
     data: Any = policy
     if policy_yaml is not None:
         try:
-            data = yaml.safe_load(policy_yaml)
+            data = yaml.load(policy_yaml, Loader=NoAliasLoader)  # a SafeLoader
+        except AliasRefused as exc:
+            raise Problem(422, str(exc), field=field, location="body") from None
         except yaml.YAMLError as exc:
             raise Problem(
                 422, f"policy_yaml is not valid YAML: {exc}", field=field, location="body"
             ) from None
+    if policy_yaml is not None and (where := nul_path(data)) is not None:  # YAML's "\0"
+        raise Problem(
+            422,
+            f"{where} contains a NUL character, which the store cannot keep",
+            field=field,
+            location="body",
+        )
     try:
         return parse_policy(data, source="request"), policy_yaml
     except PolicyError as exc:
@@ -100,7 +130,7 @@ def field_changes(old: Any, new: Any, path: str = "") -> list[FieldChange]:
     "/v1/policy",
     response_model=PolicyPlanOut,
     summary="Preview (dry_run, the default) or apply a new policy to every customer (admin)",
-    responses=problem_responses(401, 403, 409, 413, 422),
+    responses=problem_responses(401, 403, 409, 413, 415, 422),
 )
 def post_policy(
     body: PolicyChangeIn, principal: Admin, services: ServicesDep, now_us: NowDep
@@ -159,7 +189,7 @@ def job_out(job: job_store.Job) -> JobOut:
     response_model=JobOut,
     status_code=202,
     summary="Start a reclassification (bring everyone up to now, or apply a policy); poll the job (admin)",
-    responses=problem_responses(401, 403, 413, 422),
+    responses=problem_responses(401, 403, 413, 415, 422),
 )
 def post_reclassify(
     body: ReclassifyIn, principal: Admin, services: ServicesDep, now_us: NowDep

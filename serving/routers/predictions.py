@@ -86,7 +86,7 @@ async def get_customer_predictions(
     "/v1/predictions",
     response_model=PredictionsOut,
     summary="Predictions for a batch of customer ids (at most TIER_ML_MAX_PREDICTION_IDS)",
-    responses=problem_responses(401, 403, 413, 422, 503),
+    responses=problem_responses(401, 403, 413, 415, 422, 503),
 )
 async def post_predictions(
     body: PredictionsIn,

@@ -3,6 +3,7 @@ errors, request limits, no-model behaviour, keys from the store, the ``apikey`` 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,6 +198,53 @@ def test_errors_are_problems_with_field_and_reason(client: TestClient) -> None:
     assert policy.status_code == 422 and policy.json()["errors"][0]["field"] == "policy"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "content_type"),
+    [
+        ("PUT", "/v1/customers/C2/override", "application/x-www-form-urlencoded"),  # curl -d
+        ("PUT", "/v1/customers/C2/override", None),
+        ("POST", "/v1/policy", "text/plain"),
+        ("POST", "/v1/outbox/retry", "text/plain"),
+    ],
+)
+def test_a_json_body_not_sent_as_json_is_415_and_changes_nothing(
+    client: TestClient, method: str, path: str, content_type: str | None
+) -> None:
+    key = {"X-API-Key": support.ALL_KEY}
+    before = client.get("/v1/customers/C2", headers=key).json()
+    body = b'{"tier": "VIP", "reason": "goodwill", "policy": {"tiers": [{"name": "Silver"}]}}'
+    headers = {**key, **({"content-type": content_type} if content_type else {})}
+    response = client.request(method, path, content=body, headers=headers)
+    assert response.status_code == 415, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    [error] = response.json()["errors"]
+    assert error["field"] == "content-type" and error["in"] == "header"
+    assert "application/json" in error["reason"]
+    assert (content_type or "no Content-Type") in error["reason"]
+    assert client.get("/v1/customers/C2", headers=key).json() == before
+
+
+def test_a_policy_yaml_with_aliases_is_refused_before_they_expand(client: TestClient) -> None:
+    key = {"X-API-Key": support.ALL_KEY}
+    # 9 lines of YAML, a million values once the aliases are expanded ("billion laughs")
+    laughs = ["a0: &a0 [" + ", ".join(["x"] * 10) + "]"]
+    laughs += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 6)]
+    laughs += ["tiers:", "  - name: Silver", "    perks: {big: *a5}"]
+    # merge keys double a mapping's entries per line inside the YAML parser itself
+    merges = ["m0: &m0 {k: 1}"]
+    merges += [f"m{i}: &m{i} {{<<: [*m{i - 1}, *m{i - 1}]}}" for i in range(1, 40)]
+    merges += ["tiers: [{name: Silver}]"]
+    for path, lines in (("/v1/policy", laughs), ("/v1/jobs/reclassify", merges)):
+        started = time.perf_counter()
+        response = client.post(path, json={"policy_yaml": "\n".join(lines)}, headers=key)
+        assert time.perf_counter() - started < 1.0
+        assert response.status_code == 422, response.text[:300]
+        [error] = response.json()["errors"]
+        assert error["field"] == "policy_yaml" and "the alias *" in error["reason"]
+    selfish = client.post("/v1/policy", json={"policy_yaml": "a: &a [*a]"}, headers=key)
+    assert selfish.status_code == 422
+
+
 def test_request_size_and_batch_limits(store_url: str) -> None:
     app = create_app(
         settings(store_url, max_body_bytes=2_000, max_events_per_request=2, max_prediction_ids=2)
@@ -327,6 +375,16 @@ def test_dead_letters_are_listed_and_retried_over_http(tmp_path: Path, monkeypat
         assert page["counts"]["dead"] == 1
         [message] = page["messages"]
         assert message["customer_id"] == "C0" and message["kind"] == "welcome"
+        # a misspelt "ids" is refused, not read as "retry every dead letter"
+        typo = client.post("/v1/outbox/retry", json={"id": [10**6]}, headers=admin)
+        assert typo.status_code == 422 and typo.json()["errors"][0]["field"] == "id"
+        # ids past 64 bits are a 422 on the field, not a database overflow (500)
+        huge = client.post("/v1/outbox/retry", json={"ids": [2**63]}, headers=admin)
+        assert huge.status_code == 422 and huge.json()["errors"][0]["field"] == "ids.0"
+        far = client.get("/v1/outbox", params={"after_id": 2**64}, headers=admin)
+        assert far.status_code == 422 and far.json()["errors"][0]["field"] == "after_id"
+        still = client.get("/v1/outbox", params={"status": "dead"}, headers=admin).json()
+        assert still["counts"]["dead"] == 1
         retried = client.post("/v1/outbox/retry", json={}, headers=admin).json()
         assert retried["retried"] == [message["id"]]
         after = client.get("/v1/outbox", params={"status": "dead"}, headers=admin).json()

@@ -211,3 +211,53 @@ def test_store_batch_features_with_awkward_ledger_text(engine) -> None:  # noqa:
         assert packed is not None and [c.to_pylist() for c in packed] == [
             c.to_pylist() for c in _ledger_columns([tuple(r) for r in rows])
         ]
+
+
+def test_nul_characters_are_refused_whole_before_the_store(engine, store_url, tmp_path) -> None:  # noqa: F811
+    """PostgreSQL text cannot hold NUL: the store raised (a 500 that lost the batch's good
+    events). The API refuses such input with a 422 naming the field, and applies nothing."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import ServingSettings
+    from tests.e2e import serving_support as support
+
+    apply_events(engine, EVENTS[:4], NOW)
+    settings = ServingSettings(
+        database_url=store_url,
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        api_keys=support.ENV_KEYS,
+        now=pd.Timestamp("2025-07-01T00:00:00Z").to_pydatetime(),
+        load_models=False,
+    )
+    key = {"X-API-Key": support.ALL_KEY}
+    good = {**EVENTS[0], "event_id": "new-1", "order_id": "o-new", "customer_id": "C-new"}
+    bad = {**EVENTS[0], "event_id": "new-2", "order_id": "o\x00x"}
+    cases = [
+        ("POST", "/v1/events", {"json": {"events": [good, bad]}}, "events.1.order_id", "body"),
+        ("GET", "/v1/customers/C1%00", {}, "customer_id", "path"),
+        (
+            "PUT",
+            "/v1/customers/C1/override",
+            {"json": {"tier": "VIP", "reason": "ticket\x00 9"}},
+            "reason",
+            "body",
+        ),
+        ("GET", "/v1/segments/Gold", {"params": {"cursor": "\x00"}}, "cursor", "query"),
+        (
+            "POST",
+            "/v1/policy",
+            {"json": {"policy_yaml": 'tiers:\n  - name: "Sil\\0ver"\n'}},
+            "policy_yaml",
+            "body",
+        ),
+    ]
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        for method, path, options, field, where in cases:
+            response = client.request(method, path, headers=key, **options)
+            assert response.status_code == 422, (path, response.text)
+            [error] = response.json()["errors"]
+            assert (error["field"], error["in"]) == (field, where), response.text
+            assert "NUL" in error["reason"]
+        assert client.get("/v1/customers/C-new", headers=key).status_code == 404
+        assert client.get("/v1/customers/C1", headers=key).json()["override"] is None
