@@ -159,7 +159,8 @@ def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.Data
         if n not in (types if present is None else present)
     ]
     if missing:
-        raise EventReadError(f"{source}: missing required columns {missing}; found {sorted(types)}")
+        found = sorted(types if present is None else present)
+        raise EventReadError(f"{source}: missing required columns {missing}; found {found}")
     kept = ', "amount" AS amount_raw' if keeps_raw_fields(types) else ""
     con.execute(f"CREATE OR REPLACE TEMP VIEW src AS SELECT {_source_columns(types)}{kept} FROM src_raw")
 
@@ -311,8 +312,8 @@ def stateless_sql(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str:
     stay with ``ok`` false rather than being filtered out here, because a filter on
     ``reason`` would evaluate every per-row check twice. A row whose time parses to
     after ``as_of`` has no ``reason`` either: it is invisible, not rejected (as in
-    ``tier_ml.events.validate``); a row without a readable time is rejected. ``currency`` and ``channel``
-    are kept as read for the replay checks, and 32-bit hashes of ``event_id`` and
+    ``tier_ml.events.validate``); a row without a readable time is rejected.
+    ``currency`` and ``channel`` are kept as read for the replay checks, and 32-bit hashes of ``event_id`` and
     ``order_id`` (``event_hash``, ``order_hash``, see ``ID_HASH``) are computed once
     here for the ledger's searches for repeated ids. Reject details are written later,
     only for rejected rows (see ``_rejects_sql``). With ``keep_raw`` (a typed source, see

@@ -153,3 +153,12 @@ def test_unreadable_and_broken_policy_yaml_is_one_line(tmp_path: Path) -> None:
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "not valid YAML" in said and "at line 2, column 1" in said
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_jsonl_file_without_a_required_key_names_it_and_the_keys_it_has(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in row.items() if k != "customer_id"} for row in _good_rows(3)]
+    result = runner.invoke(app, ["classify", "-e", str(_jsonl(tmp_path / "e.jsonl", rows)),
+                                 "-o", str(tmp_path / "tiers.csv")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "missing required columns ['customer_id']" in said, result.output
+    assert "found ['amount', 'currency', 'event_id', 'event_type', 'occurred_at', 'order_id']" in said
