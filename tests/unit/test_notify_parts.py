@@ -72,6 +72,11 @@ def test_the_example_channels_file_is_valid(monkeypatch) -> None:
             {"webhooks": [{"name": "a", "url": "http://x", "secret_env": "S"}] * 2},
             "channel names must be unique",
         ),
+        (
+            {"webhooks": [{"name": "a", "url": "http://x", "secret_env": "S",
+                           "headers": {"x-tierml-signature": "forged", "Authorization": "Bearer t"}}]},
+            r"headers \['x-tierml-signature'\] are set by tier-ml itself",
+        ),
         ({"surprise": 1}, "surprise"),
         ([1, 2], "expected a mapping"),
     ],

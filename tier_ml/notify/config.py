@@ -16,6 +16,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tier_ml.notify.signing import (
+    ATTEMPT_HEADER,
+    EVENT_HEADER,
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+)
 from tier_ml.yaml_files import read_yaml
 
 #: The message kinds about one customer (every channel takes them by default).
@@ -36,6 +42,11 @@ DEFAULT_CHANNELS_EXAMPLE = Path(__file__).parents[1] / "data" / "channels.exampl
 
 class ChannelsError(ValueError):
     """A channels file that cannot be used, with a message a person can act on."""
+
+
+_RESERVED_HEADERS = frozenset(
+    name.lower() for name in (SIGNATURE_HEADER, IDEMPOTENCY_HEADER, EVENT_HEADER, ATTEMPT_HEADER, "Content-Type")
+)
 
 
 class _Model(BaseModel):
@@ -85,6 +96,16 @@ class WebhookChannel(_Model):
     headers: dict[str, str] = Field(default_factory=dict)
 
     _kinds = field_validator("events")(_check_kinds)
+
+    @field_validator("headers")
+    @classmethod
+    def _no_reserved_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        """Extra headers may not replace the ones tier-ml signs and sends (any letter case):
+        a configured ``X-TierML-Signature`` would otherwise go out in place of the HMAC."""
+        taken = sorted(name for name in headers if name.lower() in _RESERVED_HEADERS)
+        if taken:
+            raise ValueError(f"headers {taken} are set by tier-ml itself (signature, idempotency, event, attempt)")
+        return headers
 
 
 class EmailChannel(_Model):
