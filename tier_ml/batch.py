@@ -107,7 +107,7 @@ def sql_literal(value: str) -> str:
 _JSON_FIELDS = "{" + ", ".join(f"{sql_literal(name)}: 'VARCHAR'" for name in EVENT_FIELDS) + "}"
 
 
-def read_error(source: str | Path, exc: duckdb.Error) -> EventReadError:
+def _read_error(source: str | Path, exc: duckdb.Error) -> EventReadError:
     """One line for a file DuckDB cannot read (its messages run to many lines of hints)."""
     kind = detect_format(Path(source))
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
@@ -151,7 +151,7 @@ def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.Data
             con.execute(f"CREATE OR REPLACE TEMP VIEW src_raw AS {scan}")
             con.execute("SELECT * FROM src_raw LIMIT 0")
         except duckdb.Error as exc:
-            raise read_error(path, exc) from None
+            raise _read_error(path, exc) from None
     types = _raw_types(con)
     missing = [
         n
@@ -1118,7 +1118,7 @@ def run_pipeline(
             # format is found there (registering it only read a sample)
             if name not in ("validate", "rejects") or isinstance(source, pd.DataFrame):
                 raise
-            raise read_error(source, exc) from None
+            raise _read_error(source, exc) from None
         if on_stage is not None:
             on_stage(name)
 

@@ -11,10 +11,7 @@ if TYPE_CHECKING:
 
 def write_frame(frame: pd.DataFrame, out: Path) -> None:
     """Write ``frame`` as CSV when ``out`` ends in .csv, else as Parquet (folders created).
-    An ``out`` that cannot be written ends the command with one line and exit 2."""
-    from tier_ml.cli import output_path_or_exit
-
-    output_path_or_exit(out, "--out")
+    Callers check ``out`` before their work (``tier_ml.cli.output_path_or_exit``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".csv":
         frame.to_csv(out, index=False)

@@ -242,6 +242,7 @@ def outbox_list(
     from tier_ml.notify.service import outbox_counts
     from tier_ml.notify.service import outbox_list as list_entries
 
+    _check_output(out, "--out")
     engine = _open(db)
     with _notify_errors():
         entries = list_entries(engine, status, customer_id=customer, kind=kind, limit=limit)
@@ -530,6 +531,7 @@ def campaigns_show(
     """The customers a run selected: score, model version, control flag, outbox id."""
     from tier_ml.notify.service import campaign_selections
 
+    _check_output(out, "--out")
     engine = _open(db)
     with _notify_errors():
         frame = campaign_selections(engine, run_id)

@@ -153,7 +153,9 @@ def _policy_for_empty_store(path: Path | None) -> Policy | None:
 
 
 def _write_frame(frame: pd.DataFrame, out: Path | None, fmt: str) -> None:
-    """CSV, JSON lines or Parquet to a file, or CSV / JSON lines to stdout when ``out`` is None or -."""
+    """CSV, JSON lines or Parquet to a file, or CSV / JSON lines to stdout when ``out`` is None or -.
+
+    Callers check ``out`` before their work (``_check_output``)."""
     if fmt not in {"csv", "jsonl", "parquet"}:
         raise _fail(f"--format must be csv, jsonl or parquet, not {fmt!r}")
     to_stdout = out is None or str(out) == "-"
@@ -161,7 +163,6 @@ def _write_frame(frame: pd.DataFrame, out: Path | None, fmt: str) -> None:
         raise _fail("Parquet needs --out FILE")
     if not to_stdout:
         assert out is not None
-        _check_output(out, "--out")
         out.parent.mkdir(parents=True, exist_ok=True)
     target: Any = sys.stdout if to_stdout else out
     if fmt == "csv":
