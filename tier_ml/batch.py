@@ -31,14 +31,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tier_ml.arrow_numpy import arrow_table, to_arrow, to_numpy
 from tier_ml.events import (
     AMOUNT_PATTERN,
     EVENT_FIELDS,
@@ -46,6 +46,7 @@ from tier_ml.events import (
     EventReadError,
     detect_format,
     frame_records,
+    is_frame,
     read_events,
     rejects_frame,
     too_large,
@@ -60,6 +61,9 @@ from tier_ml.replay_kernel import (
     replay_steady_customers,
 )
 from tier_ml.rules import classify
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Columns of the rejects table written next to a classification.
 REJECT_COLUMNS = ("row", "reason", "detail", *EVENT_FIELDS)
@@ -118,7 +122,7 @@ def _read_error(source: str | Path, exc: duckdb.Error) -> EventReadError:
 def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.DataFrame) -> None:
     """Expose the input as view ``src`` with the nine event fields and a 1-based ``row``."""
     present: set[str] | None = None  # the columns a JSON lines file has, when not all are read
-    if isinstance(source, pd.DataFrame):
+    if is_frame(source):
         frame = source.copy()
         for name in EVENT_FIELDS:
             if name not in frame.columns:
@@ -387,7 +391,7 @@ REPLAY_CONTENT = ("at_us", "event_type", "order_id", "customer_id", "amount_us",
 
 def _id_hashes(con: duckdb.DuckDBPyConnection, column: str, where: str) -> np.ndarray:
     """Hash ``column`` of the rows of ``checked`` that ``where`` selects, as a numpy array."""
-    values = con.sql(f"SELECT {column} FROM checked WHERE {where}").to_arrow_table().column(0).to_numpy()
+    values = to_numpy(con.sql(f"SELECT {column} FROM checked WHERE {where}").to_arrow_table().column(0))
     return values if values.flags.writeable else values.copy()
 
 
@@ -402,7 +406,7 @@ def _repeated(values: np.ndarray) -> pa.Table:
     """
     values.sort()
     repeated = np.unique(values[1:][values[1:] == values[:-1]])
-    return pa.table({"h": pa.array(repeated, type=pa.uint32())})
+    return pa.table({"h": to_arrow(repeated, pa.uint32())})
 
 
 def _ledger_sql() -> tuple[list[str], list[str]]:
@@ -667,10 +671,6 @@ class PlacementsHook:
     receive: Callable[[SortedPlacements], None]
 
 
-def _numpy(column: pa.ChunkedArray) -> np.ndarray:
-    return column.to_numpy()
-
-
 def _numpy_columns(table: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The columns ``names`` of ``table`` that it has, as numpy arrays, converted side by side.
 
@@ -678,7 +678,7 @@ def _numpy_columns(table: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndar
     memory (page faults), which threads take in parallel.
     """
     wanted = [name for name in names if name in table.column_names]
-    return dict(zip(wanted, map_on_threads(lambda name: _numpy(table.column(name)), wanted), strict=True))
+    return dict(zip(wanted, map_on_threads(lambda name: to_numpy(table.column(name)), wanted), strict=True))
 
 
 def _placement_columns(
@@ -745,7 +745,7 @@ def _sorted_placements(
 
 def _lookup_rows(con: duckdb.DuckDBPyConnection, rows: np.ndarray, fields: str) -> pa.Table:
     """``fields`` of the placements at ``rows``, in the order of ``rows``."""
-    con.register("wanted_rows", pa.table({"row": rows, "position": np.arange(len(rows))}))
+    con.register("wanted_rows", arrow_table({"row": rows, "position": np.arange(len(rows))}))
     try:
         return con.sql(
             f"SELECT {fields} FROM wanted_rows w JOIN placed_orders p USING (row) ORDER BY w.position"
@@ -770,8 +770,8 @@ def _order_ties_by_event_id(
     continues = np.zeros(len(slots), dtype=bool)  # the slot is tied to the row before it
     continues[slots > 0] = tied[slots[slots > 0] - 1]
     group = np.cumsum(~continues)  # one number per run
-    runs = pa.table({"group": group, "event_id": _lookup_rows(con, rows[slots], "event_id").column(0)})
-    moved = slots[pc.sort_indices(runs, sort_keys=[("group", "ascending"), ("event_id", "ascending")]).to_numpy()]
+    runs = arrow_table({"group": group, "event_id": _lookup_rows(con, rows[slots], "event_id").column(0)})
+    moved = slots[to_numpy(pc.sort_indices(runs, sort_keys=[("group", "ascending"), ("event_id", "ascending")]))]
     for name, values in [*columns.items(), ("row", rows)]:
         values = values if values.flags.writeable else values.copy()
         values[slots] = values[moved]
@@ -790,13 +790,13 @@ def _sorted_placements_by_text(
     count = len(ids)
     first = np.ones(count, dtype=bool)
     if count > 1:
-        first[1:] = pc.not_equal(ids.slice(1), ids.slice(0, count - 1)).to_numpy(zero_copy_only=False)
+        first[1:] = to_numpy(pc.not_equal(ids.slice(1), ids.slice(0, count - 1)))
     starts = np.flatnonzero(first)
     lasts = np.append(starts[1:], count)[: len(starts)] - 1
-    regions = table.column("region").combine_chunks().take(pa.array(lasts))
+    regions = table.column("region").combine_chunks().take(to_arrow(lasts, pa.int64()))
     columns = _placement_columns(_numpy_columns(table, _PLACEMENT_COLUMNS), first)
     extra_columns = _numpy_columns(table, tuple(extras))
-    return _Placements(columns, starts, ids.take(pa.array(starts)), regions, None, extra_columns)
+    return _Placements(columns, starts, ids.take(to_arrow(starts, pa.int64())), regions, None, extra_columns)
 
 
 def _late_steps(con: duckdb.DuckDBPyConnection, placements: _Placements) -> dict[str, np.ndarray]:
@@ -807,14 +807,14 @@ def _late_steps(con: duckdb.DuckDBPyConnection, placements: _Placements) -> dict
     ).to_arrow_table()
     if placements.keys is None:
         found = pc.index_in(table.column("customer"), value_set=placements.customer_ids)
-        ckey = np.asarray(found.to_numpy(zero_copy_only=False), dtype=np.int64)
+        ckey = np.asarray(to_numpy(found), dtype=np.int64)
     else:
-        ckey = np.searchsorted(placements.keys, _numpy(table.column("customer"))).astype(np.int64)
+        ckey = np.searchsorted(placements.keys, to_numpy(table.column("customer"))).astype(np.int64)
     return {
         "ckey": ckey,
-        "at_us": _numpy(table.column("at_us")),
-        "spend_us": _numpy(table.column("spend_us")),
-        "orders": _numpy(table.column("orders")),
+        "at_us": to_numpy(table.column("at_us")),
+        "spend_us": to_numpy(table.column("spend_us")),
+        "orders": to_numpy(table.column("orders")),
     }
 
 
@@ -1028,13 +1028,10 @@ def replay_stage(
         "tier_since_us": state["tier_since_us"],
         "tier_changes": state["tier_changes"],
         "pending_us": pending_us,
-        "grace_ends_at_us": pa.array(grace_end, type=pa.int64(), mask=~protected),
-        "next_change_at_us": pa.array(next_change, type=pa.int64(), mask=~(protected | scheduled)),
+        "grace_ends_at_us": to_arrow(grace_end, pa.int64(), mask=~protected),
+        "next_change_at_us": to_arrow(next_change, pa.int64(), mask=~(protected | scheduled)),
     }
-    kernel_state = pa.table({
-        name: pa.array(values, type=pa.int64()) if isinstance(values, np.ndarray) else values
-        for name, values in columns.items()
-    })
+    kernel_state = arrow_table(columns)
     con.register("kernel_state", kernel_state)
     try:
         con.execute("CREATE OR REPLACE TEMP TABLE customer_state AS SELECT * FROM kernel_state")
@@ -1116,7 +1113,7 @@ def run_pipeline(
         except (duckdb.InvalidInputException, duckdb.IOException) as exc:
             # validate and rejects read the source in full: a row that breaks the file's
             # format is found there (registering it only read a sample)
-            if name not in ("validate", "rejects") or isinstance(source, pd.DataFrame):
+            if name not in ("validate", "rejects") or is_frame(source):
                 raise
             raise _read_error(source, exc) from None
         if on_stage is not None:
@@ -1211,6 +1208,8 @@ def classify_reference_to_files(
 
 def _as_text_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """Instants as ISO 8601 text with Z, money with two decimals: the batch path's file format."""
+    import pandas as pd
+
     frame = frame.copy()
     for name in ("tier_since", "last_order_at", "grace_ends_at", "next_change_at"):
         frame[name] = frame[name].map(lambda v: None if v is None or pd.isna(v) else _iso(v))

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from tier_ml.money import MAX_AMOUNT, MAX_AMOUNT_TEXT, instant_to_micros, to_micros
 from tier_ml.policy import Policy
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EVENT_FIELDS = (
     "event_id",
@@ -141,12 +143,29 @@ class EventReadError(ValueError):
 # --- parsing single values -------------------------------------------------------------
 
 
+def _pandas() -> Any:
+    """pandas if something imported it, else None.
+
+    A pandas value (a frame, ``NaT``, a ``Timestamp``) can only exist once pandas is
+    imported, so checking for one never needs to import it: the command-line batch path
+    never does (that would add a quarter of a second to every run).
+    """
+    return sys.modules.get("pandas")
+
+
+def is_frame(value: Any) -> bool:
+    """Whether ``value`` is a pandas DataFrame."""
+    pandas = _pandas()
+    return pandas is not None and isinstance(value, pandas.DataFrame)
+
+
 def _is_missing(value: Any) -> bool:
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
         return True
-    if value is pd.NaT:
+    pandas = _pandas()
+    if pandas is not None and value is pandas.NaT:
         return True
     return isinstance(value, str) and value.strip(" ") == ""
 
@@ -157,7 +176,8 @@ def _text(value: Any) -> str:
 
 def parse_instant(value: Any) -> int | None:
     """An instant as epoch microseconds, or None when it is not ISO 8601 as accepted here."""
-    if isinstance(value, pd.Timestamp):
+    pandas = _pandas()
+    if pandas is not None and isinstance(value, pandas.Timestamp):
         value = value.to_pydatetime()
     if isinstance(value, datetime):
         return instant_to_micros(value if value.tzinfo else value.replace(tzinfo=UTC))
@@ -388,6 +408,8 @@ def read_events(path: str | Path) -> pd.DataFrame:
     CSV and JSON lines are read as text, so validation sees exactly what was written;
     Parquet keeps its column types (timestamps and numbers are accepted as they are).
     """
+    import pandas as pd
+
     path = Path(path)
     kind = detect_format(path)
     if not path.is_file():
@@ -421,5 +443,7 @@ def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def rejects_frame(rejects: Iterable[Reject]) -> pd.DataFrame:
     """Rejects as a table: row, reason, detail and the raw fields."""
+    import pandas as pd
+
     columns = ["row", "reason", "detail", *EVENT_FIELDS]
     return pd.DataFrame([r.as_record() for r in rejects], columns=columns)

@@ -40,13 +40,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from tier_ml.events import EventType, OrderEvent, Reject, validate
 from tier_ml.money import instant_to_micros, micros_to_instant, micros_to_money
 from tier_ml.policy import Policy
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Columns of a classification, in output order (the first four are the contract's).
 OUTPUT_COLUMNS = (
@@ -451,6 +452,8 @@ class Classification:
 
     def frame(self) -> pd.DataFrame:
         """The output table, sorted by customer_id (columns as in ``OUTPUT_COLUMNS``)."""
+        import pandas as pd  # here: the batch command line never needs it (see tier_ml.events._pandas)
+
         rows = [self.tiers[c].row(self.policy) for c in sorted(self.tiers)]
         return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
 
