@@ -455,6 +455,7 @@ def _ledger_sql() -> tuple[list[str], list[str]]:
         CREATE OR REPLACE TEMP TABLE adjustments AS
         SELECT a.row, a.event_id, a.event_type, a.order_id, a.customer_id, a.at_us, a.amount_us,
                o.customer_id AS order_customer, o.at_us AS placed_at_us, o.amount_us AS value_us,
+               o.row AS placed_row,
                CASE
                  WHEN o.order_id IS NULL OR o.at_us > a.at_us THEN 'unknown_order'
                  WHEN o.customer_id <> a.customer_id THEN 'customer_mismatch'
@@ -566,13 +567,13 @@ def orders_sql(policy: Policy, as_of_us: int) -> list[str]:
         CREATE OR REPLACE TEMP TABLE adjustment_steps AS
         -- removed_before is what the step before removed: the running sum less this step
         -- (0 for an order's first step), so one window pass gives both
-        SELECT order_id, customer_id, event_id, at_us, value_us, placed_at_us,
+        SELECT order_id, placed_row, customer_id, event_id, at_us, value_us, placed_at_us,
                least(value_us, running) AS removed, least(value_us, running - step) AS removed_before
         FROM (
             SELECT *, sum(step) OVER (PARTITION BY order_id ORDER BY at_us, event_id
                                       ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS running
             FROM (
-                SELECT order_id, customer_id, event_id, at_us, value_us, placed_at_us,
+                SELECT order_id, placed_row, customer_id, event_id, at_us, value_us, placed_at_us,
                        CASE WHEN event_type = {CANCELLED} THEN value_us ELSE amount_us END AS step
                 FROM adjustments WHERE reason IS NULL
             )
@@ -580,12 +581,12 @@ def orders_sql(policy: Policy, as_of_us: int) -> list[str]:
         """,
         f"""
         CREATE OR REPLACE TEMP TABLE order_adjustments AS
-        SELECT order_id,
+        SELECT order_id, placed_row,
                CAST(coalesce(max(removed) FILTER (WHERE at_us < placed_at_us + {buffer}), 0) AS BIGINT)
                    AS removed_at_maturity,
                CAST(max(removed) AS BIGINT) AS removed_at_as_of,
                CAST(coalesce(max(removed) FILTER (WHERE {before_exit}), 0) AS BIGINT) AS removed_before_exit
-        FROM adjustment_steps GROUP BY order_id
+        FROM adjustment_steps GROUP BY order_id, placed_row  -- one placement per order
         """,
         f"""
         CREATE OR REPLACE TEMP TABLE late_steps AS
@@ -604,22 +605,57 @@ def _ladder_regions(policy: Policy) -> list[str]:
 
 
 def _placements_sql(policy: Policy, key: str, extra: str, tie: str) -> str:
-    """Every valid placement with what it counts, sorted by customer ``key``, instant and ``tie``."""
-    buffer, window = policy.buffer_us, policy.window_us
-    counts = "TRUE" if window is None else f"{window} > {buffer}"
-    exit_removed = "removed_before_exit" if policy.late_refunds == "deduct" else "removed_at_maturity"
+    """Every valid placement with its row and value, sorted by customer ``key``, instant and ``tie``.
+
+    What refunds and cancels removed is applied afterwards (``_spend_columns``): a join to
+    ``order_adjustments`` here would make every placement probe it by ``order_id`` text.
+    """
     ladder = " ".join(f"WHEN {sql_literal(r)} THEN {i}" for i, r in enumerate(_ladder_regions(policy), start=1))
-    at_exit = "" if window is None else (
-        f", CASE WHEN {counts} AND o.amount_us > coalesce(a.removed_at_maturity, 0) "
-        f"THEN o.amount_us - coalesce(a.{exit_removed}, 0) ELSE 0 END AS at_exit"
-    )
+    rkey = f", CAST(CASE o.region {ladder} ELSE 0 END AS INTEGER) AS rkey" if ladder else ""
     return f"""
-    SELECT {key} AS customer, o.at_us AS placed_at_us{extra},{f' CAST(CASE o.region {ladder} ELSE 0 END AS INTEGER) AS rkey,' if ladder else ''}
-           CASE WHEN {counts} THEN o.amount_us - coalesce(a.removed_at_maturity, 0) ELSE 0 END AS counted_us,
-           o.amount_us - coalesce(a.removed_at_as_of, 0) AS net_us{at_exit}
-    FROM placed_orders o LEFT JOIN order_adjustments a USING (order_id)
+    SELECT {key} AS customer, o.at_us AS placed_at_us, o.row, o.amount_us{rkey}{extra}
+    FROM placed_orders o
     ORDER BY customer, o.at_us{tie}
     """
+
+
+def _spend_columns(
+    con: duckdb.DuckDBPyConnection, policy: Policy, amount: np.ndarray, rows: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per placement (``amount`` and ``rows`` in the placements' order): what it counts.
+
+    ``counted_us`` at maturity and ``net_us`` at ``as_of`` are its value less what its
+    refunds and cancels had removed by then; with a window, ``at_exit`` is what leaves
+    the window with it (``removed_before_exit`` under ``deduct``). Adjusted orders
+    (``order_adjustments``, one per order, about a tenth) are found by their placement's row.
+    """
+    buffer, window = policy.buffer_us, policy.window_us
+    counts = window is None or window > buffer
+    adjusted = con.sql(
+        "SELECT placed_row, removed_at_maturity, removed_at_as_of, removed_before_exit FROM order_adjustments"
+    ).to_arrow_table()
+    index = np.full(int(rows.max()) + 1 if len(rows) else 0, -1, dtype=np.int64)
+    index[to_numpy(adjusted.column("placed_row"))] = np.arange(adjusted.num_rows)
+    found = index[rows]
+    del index
+    at = np.flatnonzero(found >= 0)
+    which = found[at]
+    del found
+    at_maturity = to_numpy(adjusted.column("removed_at_maturity"))[which]
+    net = amount.copy()
+    net[at] -= to_numpy(adjusted.column("removed_at_as_of"))[which]
+    counted = amount.copy() if counts else np.zeros(len(amount), dtype=np.int64)
+    if counts:
+        counted[at] -= at_maturity
+    columns = {"counted_us": counted, "net_us": net}
+    if window is not None:
+        exit_name = "removed_before_exit" if policy.late_refunds == "deduct" else "removed_at_maturity"
+        at_exit = amount.copy() if counts else np.zeros(len(amount), dtype=np.int64)
+        if counts:
+            value = amount[at]
+            at_exit[at] = np.where(value > at_maturity, value - to_numpy(adjusted.column(exit_name))[which], 0)
+        columns["at_exit"] = at_exit
+    return columns
 
 
 #: How customers are keyed for the sort of placements (a 64-bit hash of the id; see
@@ -717,9 +753,9 @@ def _sorted_placements(
     wanted = extras or {}
     more = "".join(f", {sql} AS {name}" for name, sql in wanted.items())
     key_sql = CUSTOMER_HASH.format(column="o.customer_id")
-    table = con.sql(_placements_sql(policy, key_sql, f", hash(o.customer_id || '|') AS check_key, o.row{more}", "")
+    table = con.sql(_placements_sql(policy, key_sql, f", hash(o.customer_id || '|') AS check_key{more}", "")
                     ).to_arrow_table()
-    arrays = _numpy_columns(table, ("customer", "check_key", "row", *_PLACEMENT_COLUMNS, *wanted))
+    arrays = _numpy_columns(table, ("customer", "check_key", "row", "amount_us", *_PLACEMENT_COLUMNS, *wanted))
     del table
     key, check, rows = arrays.pop("customer"), arrays.pop("check_key"), arrays.pop("row")
     count = len(key)
@@ -728,6 +764,7 @@ def _sorted_placements(
     if np.any(~first[1:] & (check[1:] != check[:-1])):  # a collision of the first hash
         del arrays, key, check, rows
         return _sorted_placements_by_text(con, policy, wanted)
+    arrays.update(_spend_columns(con, policy, arrays.pop("amount_us"), rows))
     columns = _placement_columns(arrays, first, spare=check if check.flags.writeable else None)
     columns.update((name, arrays[name]) for name in wanted)  # reordered with the rest at ties
     del arrays, check
@@ -794,7 +831,9 @@ def _sorted_placements_by_text(
     starts = np.flatnonzero(first)
     lasts = np.append(starts[1:], count)[: len(starts)] - 1
     regions = table.column("region").combine_chunks().take(to_arrow(lasts, pa.int64()))
-    columns = _placement_columns(_numpy_columns(table, _PLACEMENT_COLUMNS), first)
+    arrays = _numpy_columns(table, ("row", "amount_us", *_PLACEMENT_COLUMNS))
+    arrays.update(_spend_columns(con, policy, arrays.pop("amount_us"), arrays.pop("row")))
+    columns = _placement_columns(arrays, first)
     extra_columns = _numpy_columns(table, tuple(extras))
     return _Placements(columns, starts, ids.take(to_arrow(starts, pa.int64())), regions, None, extra_columns)
 
