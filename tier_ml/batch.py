@@ -634,8 +634,9 @@ def _spend_columns(
     adjusted = con.sql(
         "SELECT placed_row, removed_at_maturity, removed_at_as_of, removed_before_exit FROM order_adjustments"
     ).to_arrow_table()
-    index = np.full(int(rows.max()) + 1 if len(rows) else 0, -1, dtype=np.int64)
-    index[to_numpy(adjusted.column("placed_row"))] = np.arange(adjusted.num_rows)
+    small = np.int32 if adjusted.num_rows < 2**31 else np.int64  # half the memory to touch
+    index = np.full(int(rows.max()) + 1 if len(rows) else 0, -1, dtype=small)
+    index[to_numpy(adjusted.column("placed_row"))] = np.arange(adjusted.num_rows, dtype=small)
     found = index[rows]
     del index
     at = np.flatnonzero(found >= 0)
