@@ -20,7 +20,7 @@ from serving.errors import BodyLimitMiddleware, install_error_handlers
 from serving.jobs import JobRunner
 from serving.metrics import LatencyMiddleware, Metrics
 from serving.models import ModelHolder, settle_heap
-from serving.nul_guard import refuse_nul_characters
+from serving.nul_guard import refuse_nul_characters, refuse_nul_in_path_and_query
 from serving.routers import audit, customers, events, ops, outbox, policy, predictions, segments
 from serving.scoring import AtRiskCache
 from serving.settings import ServingSettings, load_settings
@@ -113,7 +113,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         outbox.router,
         ops.router,
     ):
-        app.include_router(router, dependencies=[Depends(refuse_nul_characters)])
+        # events are rejected one by one by the store (a NUL too): the good ones are applied
+        guard = refuse_nul_in_path_and_query if router is events.router else refuse_nul_characters
+        app.include_router(router, dependencies=[Depends(guard)])
     from serving.web import install as install_dashboard  # CRM pages: router + /static
 
     install_dashboard(app)

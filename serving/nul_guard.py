@@ -1,10 +1,16 @@
 """Refuse the NUL character (``\\u0000``) in request input, naming the field.
 
-PostgreSQL text cannot hold NUL: an id, reason, cursor or event field carrying one
-makes the store raise, which answered 500 and, for a batch of events, lost the good
-events with the bad one. SQLite keeps it, so only production saw it. Checked once
-for every API route (path, query, body) before the store is touched, so a request
-is refused whole (422 on the field) and nothing is half applied.
+PostgreSQL text cannot hold NUL: an id, reason, cursor or policy field carrying one
+makes the store raise, which answered 500. SQLite keeps it, so only production saw
+it. Checked once for every API route (path, query, body) before the store is
+touched, so a request is refused whole (422 on the field) and nothing is half
+applied.
+
+The bodies of the event-intake routes are the exception
+(:func:`refuse_nul_in_path_and_query`): a batch of events is not refused whole for
+one bad event. The store rejects an event holding NUL on its own, as
+``unsupported_character`` naming the field (``tier_ml.store.intake``, the check
+``tier-ml ingest`` uses too), and processes the good events of the batch.
 """
 
 from __future__ import annotations
@@ -50,15 +56,21 @@ def nul_path(data: Any, prefix: str = "") -> str | None:
     return None
 
 
-async def refuse_nul_characters(request: Request) -> None:
-    """A route dependency: 422 naming the path parameter, query parameter or body field
-    that holds a NUL."""
+async def refuse_nul_in_path_and_query(request: Request) -> None:
+    """A route dependency: 422 naming the path or query parameter that holds a NUL (the
+    body is left to the route: events are rejected one by one by the store)."""
     for name, value in request.path_params.items():
         if isinstance(value, str) and NUL in value:
             raise _refused(name, "path")
     for name, value in request.query_params.multi_items():
         if NUL in name or NUL in value:
             raise _refused(name.replace(NUL, "\\u0000"), "query")
+
+
+async def refuse_nul_characters(request: Request) -> None:
+    """A route dependency: 422 naming the path parameter, query parameter or body field
+    that holds a NUL."""
+    await refuse_nul_in_path_and_query(request)
     if request.method in NO_BODY:
         return
     body = await request.body()  # cached: the handler reads the same bytes

@@ -22,7 +22,14 @@ from serving.scoring import customer_features, score
 from tier_ml.events import parse_instant
 from tier_ml.money import micros_to_money
 from tier_ml.store.explain import customer_ledger
-from tier_ml.store.service import StoreError, clear_override, iso_instant, set_override
+from tier_ml.store.service import (
+    StoreError,
+    StoreInputError,
+    clear_override,
+    iso_instant,
+    policy_tier,
+    set_override,
+)
 from tier_ml.store.views import CustomerView
 
 router = APIRouter(tags=["customers"])
@@ -166,6 +173,17 @@ def _predictions_block(
     return {"predictions": {**fields, "model_versions": models.versions()}}
 
 
+def _refused(exc: StoreError, location: str) -> Problem:
+    """The store's refusal: 422 on the input it names (``until``, ``tier``, ``reason``...),
+    else 409, a conflict with the store's state (no override to remove, an instant before
+    the store's clock). The CLI's option names become the API's words."""
+    message = str(exc).replace("--until", "until").replace("--now ", "now ")
+    if isinstance(exc, StoreInputError):
+        where = "path" if exc.field == "customer_id" else location
+        return Problem(422, message, field=exc.field, location=where)
+    return Problem(409, message)
+
+
 def _require_reason(reason: str, location: str) -> None:
     """Overrides are audited: a blank reason is a 422 on the ``reason`` field."""
     if not reason.strip():
@@ -268,14 +286,10 @@ def put_override(
     now_us: NowDep,
 ) -> CustomerOut:
     before = load_customer(services, customer_id, now_us).state.tier
-    policy = services.policy()
-    if body.tier not in policy.tier_names:
-        raise Problem(
-            422,
-            f"unknown tier {body.tier!r}; the policy's tiers are {', '.join(policy.tier_names)}",
-            field="tier",
-            location="body",
-        )
+    try:
+        tier = policy_tier(services.policy(), body.tier)  # any letter case: the policy's name
+    except StoreInputError as exc:
+        raise _refused(exc, "body") from None
     until_us = None
     if body.until is not None:
         until_us = parse_instant(body.until)
@@ -285,17 +299,9 @@ def put_override(
             )
     _require_reason(body.reason, "body")
     try:
-        set_override(
-            services.engine, customer_id, body.tier, principal.name, body.reason, now_us, until_us
-        )
+        set_override(services.engine, customer_id, tier, principal.name, body.reason, now_us, until_us)
     except StoreError as exc:
-        field = "until" if "--until" in str(exc) else None
-        raise Problem(
-            422 if field else 409,
-            str(exc).replace("--until", "until"),
-            field=field,
-            location="body",
-        ) from None
+        raise _refused(exc, "body") from None
     after = load_customer(services, customer_id, now_us)
     if after.state.tier != before:
         services.metrics.tier_changes.inc()
@@ -322,7 +328,7 @@ def delete_override(
     try:
         clear_override(services.engine, customer_id, principal.name, reason, now_us)
     except StoreError as exc:
-        raise Problem(409, str(exc)) from None
+        raise _refused(exc, "query") from None
     after = load_customer(services, customer_id, now_us)
     if after.state.tier != before:
         services.metrics.tier_changes.inc()

@@ -56,8 +56,8 @@ def ingest(services: Services, rows: Sequence[Mapping[str, Any]], now_us: int) -
         results.append(
             EventResultOut(
                 position=item.position,
-                event_id=item.event_id,
-                customer_id=customer,
+                event_id=_echo(item.event_id),
+                customer_id=_echo(customer),
                 status=str(item.status),  # type: ignore[arg-type]
                 reason=item.reason,
                 detail=item.detail,
@@ -71,6 +71,15 @@ def ingest(services: Services, rows: Sequence[Mapping[str, Any]], now_us: int) -
         tier_changes=result.transitions,
         results=results,
     )
+
+
+def _echo(text: str | None) -> str | None:
+    """An id as sent, for the answer; a lone surrogate (a channel's JSON can carry one, and
+    the event is rejected as ``unsupported_character``) as its escape, since JSON output
+    is UTF-8 and cannot hold it."""
+    if text is None or text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _raw(event: EventIn) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.deps import Admin, NowDep, ServicesDep
-from serving.errors import problem_responses
-from tier_ml.notify.service import outbox_counts, outbox_list, outbox_retry
+from serving.errors import Problem, problem_responses
+from tier_ml.notify.service import NotifyError, outbox_counts, outbox_list, outbox_retry
 
 router = APIRouter(tags=["outbox"])
 #: Outbox ids are 64-bit integers: a larger one is a 422 on its field, not a database overflow.
@@ -59,14 +59,17 @@ def get_outbox(
     limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
     after_id: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
 ) -> OutboxPage:
-    messages = outbox_list(
-        services.engine,
-        status,
-        customer_id=customer_id,
-        kind=kind,
-        limit=limit,
-        after_id=after_id,
-    )
+    try:
+        messages = outbox_list(
+            services.engine,
+            status,
+            customer_id=customer_id,
+            kind=kind,
+            limit=limit,
+            after_id=after_id,
+        )
+    except NotifyError as exc:  # the other parameters are checked by their types above
+        raise Problem(422, str(exc), field="kind", location="query") from None
     return OutboxPage(counts=outbox_counts(services.engine), messages=messages)
 
 

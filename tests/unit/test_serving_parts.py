@@ -30,6 +30,28 @@ def test_env_keys_name_key_scopes() -> None:
         check_scopes([" ", ""])
 
 
+@pytest.mark.parametrize(
+    ("scopes", "message"),
+    [
+        ("a,,", "unknown scope 'a'"),
+        ("tiers:read,,", "scope 2 is empty"),
+        ("tiers:read, ,admin", "scope 2 is empty"),
+        (",tiers:read", "scope 1 is empty"),
+        ("tiers:read,Admin", "unknown scope 'Admin'"),
+        ("tiers :read", "unknown scope 'tiers :read'"),
+    ],
+)
+def test_scopes_with_a_slip_are_refused_naming_it(scopes: str, message: str) -> None:
+    """The same rule for the CLI and ``TIER_ML_API_KEYS``: an empty or unknown name is
+    refused, naming it and listing the valid scopes; spaces around a name are fine."""
+    with pytest.raises(ApiKeyError, match=message) as refused:
+        check_scopes(scopes.split(","))
+    assert "valid scopes: " + ", ".join(SCOPES) in str(refused.value)
+    with pytest.raises(ApiKeyError, match=message):
+        parse_env_keys(f"crm:k1:{scopes}")
+    assert check_scopes([" tiers:read ", " admin "]) == {"tiers:read", "admin"}
+
+
 def test_policy_field_changes_name_the_leaf() -> None:
     old = {"buffer_days": 14, "tiers": [{"name": "Silver"}, {"name": "Gold", "min_spend": 20000}]}
     new = {"buffer_days": 7, "tiers": [{"name": "Silver"}, {"name": "Gold", "min_spend": 18000}]}

@@ -125,3 +125,23 @@ def test_row_checker_gives_what_check_row_gives(seed: int) -> None:
     checker = RowChecker(policy)
     for row in rows:
         assert checker.check(row) == check_row(row, policy)
+
+
+@pytest.mark.parametrize("text", ["C\x002", "\x00", "C\ud8002"])
+def test_text_the_store_cannot_keep_is_rejected_naming_the_field(text: str) -> None:
+    """NUL (PostgreSQL text refuses it) or a lone surrogate (no UTF-8) in any field, also
+    one the event type ignores: that event alone is rejected, the others are admitted."""
+    rng = random.Random(3)
+    policy = random_policy(rng)
+    rows = [canonical_raw(row) for row in random_events(rng, customers=3)]
+    good = RowChecker(policy).check_all(rows)
+    for name in sorted(rows[0]):
+        bad = [*rows[:1], {**rows[1], name: text}, *rows[2:]]
+        checked = RowChecker(policy).check_all(bad)
+        reason, detail = checked[1]
+        assert (reason, detail.split(" ")[0]) == ("unsupported_character", name)
+        assert "which the store cannot keep" in detail and "\x00" not in detail
+        assert checked[:1] + checked[2:] == good[:1] + good[2:]
+        admission = admit(bad, policy, {}, {})
+        assert admission.results[1].status == Status.REJECTED
+        assert admission.results[1].reason == "unsupported_character"

@@ -689,7 +689,7 @@ def audit_export(
 @override_app.command("set")
 def override_set(
     customer: Annotated[str, typer.Argument(help="Customer id.")],
-    tier: Annotated[str, typer.Argument(help="The tier to give (a tier name of the policy).")],
+    tier: Annotated[str, typer.Argument(help="The tier to give (a tier name of the policy, in any letter case).")],
     reason: Annotated[str, typer.Option("--reason", help="Why, for the audit log.")],
     actor: ActorOption = None,
     until: Annotated[

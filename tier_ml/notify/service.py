@@ -20,7 +20,7 @@ from sqlalchemy import Engine, text
 
 from tier_ml.notify import campaigns, outbox
 from tier_ml.notify.approaching_upgrade import queue_approaching_upgrades
-from tier_ml.notify.config import CampaignSettings, ChannelsConfig
+from tier_ml.notify.config import EVENT_KINDS, MODEL_EVENT_KINDS, CampaignSettings, ChannelsConfig
 from tier_ml.notify.dispatcher import DispatchResult, dispatch
 from tier_ml.notify.downgrade_warnings import WarningsResult, queue_downgrade_warnings
 from tier_ml.notify.messages import OutboxMessage
@@ -72,9 +72,13 @@ def outbox_list(
     limit: int = 100,
     after_id: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Outbox entries, oldest first (``status``: pending, delivered or dead)."""
+    """Outbox entries, oldest first (``status``: pending, delivered or dead; ``kind``: one of
+    the message kinds, so a misspelt one is an error rather than an empty list)."""
     if status is not None and status not in outbox.STATUSES:
         raise NotifyError(f"status must be one of {list(outbox.STATUSES)}, not {status!r}")
+    known = EVENT_KINDS + MODEL_EVENT_KINDS
+    if kind is not None and kind not in known:
+        raise NotifyError(f"unknown kind {kind!r}; known: {', '.join(known)}")
     if limit < 1:
         raise NotifyError(f"limit must be at least 1, not {limit}")
     return run_in_transaction(

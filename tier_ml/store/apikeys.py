@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, Table, select, update
 
 from tier_ml.store.models import ApiKeyRow
+from tier_ml.store.storable import refusal
 from tier_ml.store.unit_of_work import UnitOfWork, run_in_transaction
 
 API_KEYS: Table = ApiKeyRow.__table__  # type: ignore[assignment]
@@ -52,22 +53,28 @@ def hash_key(key: str) -> str:
 
 
 def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
-    """The scopes, validated (``all`` means every scope)."""
-    wanted = {s.strip() for s in scopes if s.strip()}
-    if "all" in wanted:
-        return frozenset(SCOPES)
-    unknown = sorted(wanted - SCOPES.keys())
-    if unknown:
-        raise ApiKeyError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}")
-    if not wanted:
-        raise ApiKeyError(f"give at least one scope: {', '.join(SCOPES)} (or all)")
-    return frozenset(wanted)
+    """The scopes, validated (``all`` means every scope), for every way a key is made (the
+    CLI, ``TIER_ML_API_KEYS``). Spaces around a name are fine; an empty name (``a,,b``, a
+    trailing comma) is refused like an unknown one: a slip in a list that grants access
+    should be read back, not guessed."""
+    names = [scope.strip() for scope in scopes]
+    valid = f"{', '.join(SCOPES)} (or all)"
+    if not any(names):
+        raise ApiKeyError(f"give at least one scope: {valid}")
+    for position, name in enumerate(names, start=1):
+        if not name:
+            raise ApiKeyError(f"scope {position} is empty (a stray comma?); valid scopes: {valid}")
+        if name != "all" and name not in SCOPES:
+            raise ApiKeyError(f"unknown scope {name!r}; valid scopes: {valid}")
+    return frozenset(SCOPES) if "all" in names else frozenset(names)
 
 
 def create_key(engine: Engine, name: str, scopes: Iterable[str], now_us: int) -> tuple[str, ApiKey]:
     """A new key: the key (to show once) and what the store keeps of it."""
     if not name or not name.strip():
         raise ApiKeyError("a key needs a name (it is the actor in the audit log)")
+    if (message := refusal("the key's name", name)) is not None:
+        raise ApiKeyError(message)
     granted = check_scopes(scopes)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
 

@@ -7,15 +7,19 @@ batch refers to and hands them in. Per event the outcome is one of
 - ``accepted``: stored in the ledger, its customer re-evaluated;
 - ``duplicate``: a replay of an ``event_id`` with identical content (in the
   ledger or earlier in the batch), ignored: every event counts once;
-- ``rejected``: with the reason codes of :class:`tier_ml.events.RejectReason`.
+- ``rejected``: with the reason codes of :class:`tier_ml.events.RejectReason`, or
+  the store's own :class:`StoreRejectReason` (text a database cannot keep).
 
-The checks are those of ``validate``, in the same order: each row on its own
-(``check_row``); then replays by ``event_id`` (identical content is a
-duplicate, different content ``conflicting_replay``; inside one batch the copy
-with the smallest content is kept, as ``validate`` keeps it); then the first
-``placed`` of an order places it and a second is ``duplicate_order``; then a
-refund or cancel needs its order placed at or before it (``unknown_order``) by
-the same customer (``customer_mismatch``).
+The checks are those of ``validate``, in the same order, after one of the
+store's own (a field holding a character no database column can keep, such as
+NUL, is ``unsupported_character``: checked first, so such text never reaches a
+statement or a reject's detail): each row on its own (``check_row``); then
+replays by ``event_id`` (identical content is a duplicate, different content
+``conflicting_replay``; inside one batch the copy with the smallest content is
+kept, as ``validate`` keeps it); then the first ``placed`` of an order places it
+and a second is ``duplicate_order``; then a refund or cancel needs its order
+placed at or before it (``unknown_order``) by the same customer
+(``customer_mismatch``).
 
 One difference is inherent to a ledger that never rewrites what it accepted:
 ``validate`` sees a whole file at once, the store sees events as they arrive,
@@ -49,8 +53,23 @@ from tier_ml.events import (
 )
 from tier_ml.money import MAX_AMOUNT, to_micros
 from tier_ml.policy import Policy
+from tier_ml.store.storable import NUL, unsupported_character
 
 RawEvent = dict[str, str | None]
+
+
+class StoreRejectReason(StrEnum):
+    """Reject reasons of the store beside :class:`tier_ml.events.RejectReason`: limits of
+    what a database column can keep, which ``validate`` on a file does not have. Stable
+    codes, like those."""
+
+    #: A text field holds NUL (``\u0000``, which PostgreSQL text refuses) or an unpaired
+    #: surrogate (no UTF-8 encoding): the detail names the field.
+    UNSUPPORTED_CHARACTER = "unsupported_character"
+
+
+Reason = RejectReason | StoreRejectReason
+Checked = OrderEvent | tuple[Reason, str]
 
 
 class Status(StrEnum):
@@ -209,11 +228,14 @@ class RowChecker:
             self._rates[code] = self.policy.rate(code)
         return self._rates[code]
 
-    def check(self, raw: Mapping[str, Any]) -> OrderEvent | tuple[RejectReason, str]:
+    def check(self, raw: Mapping[str, Any]) -> Checked:
+        unsupported = unsupported_text(raw)
+        if unsupported is not None:
+            return unsupported
         event = self._valid_text_row(raw)
         return event if event is not None else check_row(raw, self.policy)
 
-    def check_all(self, raws: Sequence[Mapping[str, Any]]) -> list[OrderEvent | tuple[RejectReason, str]]:
+    def check_all(self, raws: Sequence[Mapping[str, Any]]) -> list[Checked]:
         return [self.check(raw) for raw in raws]
 
     def _valid_text_row(self, raw: Mapping[str, Any]) -> OrderEvent | None:
@@ -259,12 +281,28 @@ class RowChecker:
 _TEXT_FIELDS = EVENT_FIELDS
 
 
+def unsupported_text(raw: Mapping[str, Any]) -> tuple[StoreRejectReason, str] | None:
+    """``unsupported_character`` naming the first canonical field whose text the store cannot
+    keep, or None. Any field, also one the event type ignores (a cancel's amount): the
+    store keeps the row as delivered (in the ledger or among the rejects)."""
+    get = raw.get
+    for name in EVENT_FIELDS:
+        value = get(name)
+        # inline first test: plain ASCII text without NUL (nearly every field) costs no call
+        if type(value) is str and (NUL in value or not value.isascii()):
+            what = unsupported_character(value)
+            if what is not None:
+                detail = f"{name} contains {what}, which the store cannot keep"
+                return StoreRejectReason.UNSUPPORTED_CHARACTER, detail
+    return None
+
+
 def admit(
     raws: Sequence[RawEvent],
     policy: Policy,
     ledger_events: Mapping[str, RawEvent],
     ledger_orders: Mapping[str, PlacedOrder],
-    checked: Sequence[OrderEvent | tuple[RejectReason, str]] | None = None,
+    checked: Sequence[Checked] | None = None,
 ) -> Admission:
     """Decide every event of a batch, given the ledger rows it refers to.
 
@@ -315,7 +353,7 @@ def admit(
     return Admission([results[p] for p in range(len(raws))], accepted)
 
 
-def _rejected(position: int, raw: RawEvent, reason: RejectReason, detail: str) -> EventResult:
+def _rejected(position: int, raw: RawEvent, reason: Reason, detail: str) -> EventResult:
     event_id = (raw.get("event_id") or "").strip(" ") or None
     return EventResult(position, event_id, Status.REJECTED, str(reason), detail)
 

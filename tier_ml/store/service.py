@@ -63,6 +63,7 @@ from tier_ml.store.evaluation import (
 )
 from tier_ml.store.intake import EventResult, RowChecker, Status, admit, canonical_raw
 from tier_ml.store.repository import STATE_FIELDS, ActivePolicy, Repository
+from tier_ml.store.storable import refusal, storable
 from tier_ml.store.unit_of_work import UnitOfWork, run_in_transaction
 
 SWEEP_CHUNK = 1_000
@@ -72,6 +73,14 @@ TEXT_STATE_FIELDS = frozenset({"customer_id", "tier", "rules_tier", "eligible_ti
 
 class StoreError(ValueError):
     """A request the store refuses, with a message a person can act on."""
+
+
+class StoreInputError(StoreError):
+    """A value of one named input the store refuses (the API answers 422 on ``field``)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def open_store(url: str) -> Engine:
@@ -290,9 +299,11 @@ def apply_events(
 def _rejects(
     results: Iterable[EventResult], raws: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
+    # the raw row is kept as JSON (which escapes any character); an event_id the store cannot
+    # keep (rejected as unsupported_character) is left out of its column
     return [
         {
-            "event_id": r.event_id,
+            "event_id": r.event_id if storable(r.event_id) else None,
             "reason": r.reason,
             "detail": r.detail,
             "raw": raws[r.position],
@@ -426,31 +437,34 @@ def set_override(
 
     The customer is first brought up to ``now_us`` by the rules (their own audit
     rows), then the override is audited (reason ``override``, the actor and
-    their reason). A new override replaces an open one.
+    their reason). A new override replaces an open one. ``tier`` may be in any
+    letter case: the policy's spelling is stored. ``now_us`` may not be earlier
+    than the customer's last evaluation (see :func:`_evaluate_known_customer`).
     """
     _require_text(actor=actor, reason=reason)
+    _require_storable(customer_id=customer_id, tier=tier, actor=actor, reason=reason)
 
     def work(uow: UnitOfWork) -> TierState:
         repo = uow.repo
         active = _existing_policy(repo)
-        if tier not in active.policy.tier_names:
-            raise StoreError(
-                f"unknown tier {tier!r}; the policy's tiers are {active.policy.tier_names}"
-            )
-        evaluation, size = _evaluate_known_customer(repo, active, customer_id, now_us)
+        name = policy_tier(active.policy, tier)
+        evaluation, size = _evaluate_known_customer(
+            repo, active, customer_id, now_us, "an override takes effect from now on"
+        )
         at_us = evaluation.state.evaluated_at_us
         if until_us is not None and until_us <= at_us:
-            raise StoreError(
-                f"--until {iso_instant(until_us)} is not after now ({iso_instant(at_us)})"
+            raise StoreInputError(
+                f"--until {iso_instant(until_us)} is not after now ({iso_instant(at_us)})",
+                "until",
             )
         repo.close_overrides(customer_id, at_us, actor)
-        override = repo.add_override(customer_id, tier, actor, reason, at_us, until_us)
+        override = repo.add_override(customer_id, name, actor, reason, at_us, until_us)
         state = with_override(evaluation.rules_state, override)
         change = Transition(
             customer_id,
             at_us,
             evaluation.state.tier,
-            tier,
+            name,
             "override",
             "override_set",
             actor,
@@ -471,13 +485,18 @@ def set_override(
 def clear_override(
     engine: Engine, customer_id: str, actor: str, reason: str, now_us: int
 ) -> TierState:
-    """End a customer's active override now: the rules tier applies again (audited)."""
+    """End a customer's active override now: the rules tier applies again (audited).
+    ``now_us`` may not be earlier than the customer's last evaluation (as for
+    :func:`set_override`)."""
     _require_text(actor=actor, reason=reason)
+    _require_storable(customer_id=customer_id, actor=actor, reason=reason)
 
     def work(uow: UnitOfWork) -> TierState:
         repo = uow.repo
         active = _existing_policy(repo)
-        evaluation, size = _evaluate_known_customer(repo, active, customer_id, now_us)
+        evaluation, size = _evaluate_known_customer(
+            repo, active, customer_id, now_us, "clearing an override takes effect from now on"
+        )
         at_us = evaluation.state.evaluated_at_us
         current = repo.open_overrides([customer_id]).get(customer_id)
         if current is None or not current.active_after(at_us):
@@ -534,7 +553,37 @@ def list_overrides(engine: Engine, now_us: int) -> pd.DataFrame:
 def _require_text(**values: str) -> None:
     for name, value in values.items():
         if not value or not value.strip():
-            raise StoreError(f"{name} is required (who did it and why, for the audit log)")
+            raise StoreInputError(
+                f"{name} is required (who did it and why, for the audit log)", name
+            )
+
+
+def _require_storable(**values: str) -> None:
+    """Refuse text the store cannot keep (NUL, lone surrogates), naming the input, before
+    the database is asked: PostgreSQL raised, which reached a person as a 500."""
+    for name, value in values.items():
+        message = refusal(name, value)
+        if message is not None:
+            raise StoreInputError(message, name)
+
+
+def policy_tier(policy: Policy, tier: str) -> str:
+    """The policy's spelling of a tier named in any letter case (``gold`` is ``Gold``).
+
+    An exact name wins (a policy may hold names that differ only in case); a name that
+    matches none, or several only by case, is refused with the policy's tiers.
+    """
+    names = policy.tier_names
+    if tier in names:
+        return tier
+    folded = [name for name in names if name.casefold() == tier.strip().casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    if folded:
+        message = f"tier {tier!r} matches {', '.join(folded)} by letter case: name one exactly"
+    else:
+        message = f"unknown tier {tier!r}; the policy's tiers are {', '.join(names)}"
+    raise StoreInputError(message, "tier")
 
 
 def _existing_policy(repo: Repository) -> ActivePolicy:
@@ -545,9 +594,27 @@ def _existing_policy(repo: Repository) -> ActivePolicy:
 
 
 def _evaluate_known_customer(
-    repo: Repository, active: ActivePolicy, customer_id: str, now_us: int
+    repo: Repository, active: ActivePolicy, customer_id: str, now_us: int, what: str
 ) -> tuple[Evaluation, int]:
+    """A customer brought up to ``now_us`` (locked first) for a manual change, and the size
+    of their ledger.
+
+    ``now_us`` may not be earlier than the store's clock for this customer (when it last
+    evaluated them, or applied the active policy): the change would be dated before tier
+    changes the audit log already records for them. The evaluation would silently move it
+    to that instant instead, a date the person did not ask for. The clock of this customer,
+    not of the whole store: the API reads the wall clock before its transaction, and an
+    event batch of another customer committed in between must not refuse the override.
+    """
     repo.lock_customers([customer_id])
+    state = repo.tier_states([customer_id]).get(customer_id)
+    if state is not None:
+        clock = max(state.evaluated_at_us, active.created_at_us)
+        if now_us < clock:
+            raise StoreError(
+                f"--now {iso_instant(now_us)} is before the store's clock for customer "
+                f"{customer_id} ({iso_instant(clock)}, when it last evaluated them); {what}"
+            )
     evaluations, sizes, _ = _evaluate_customers(repo, active, [customer_id], now_us)
     evaluation = evaluations[0]
     if evaluation.state.tier is None:

@@ -27,6 +27,7 @@ from tier_ml.store.evaluation import Override, TierState, evaluate
 from tier_ml.store.models import AuditRow, OrderEventRow, TierStateRow
 from tier_ml.store.repository import STATE_FIELDS, ActivePolicy, Repository
 from tier_ml.store.service import tiers_frame, typed_states
+from tier_ml.store.storable import storable
 from tier_ml.store.unit_of_work import UnitOfWork, run_in_transaction
 
 STATES: Table = TierStateRow.__table__  # type: ignore[assignment]
@@ -127,6 +128,9 @@ def customer_view(engine: Engine, customer_id: str, now_us: int) -> CustomerView
     one read transaction; the customer's ledger is only read when they are due or
     have pending spend.
     """
+
+    if not storable(customer_id):  # no stored id holds it, and PostgreSQL refuses the lookup
+        return None
 
     def work(uow: UnitOfWork) -> CustomerView | None:
         repo = uow.repo
@@ -229,6 +233,7 @@ def tier_counts(engine: Engine) -> dict[str, int]:
 
 def customer_tiers(engine: Engine, customer_ids: Sequence[str], now_us: int) -> pd.DataFrame:
     """``classify`` columns of the given customers at ``now_us`` (unknown ids left out)."""
+    customer_ids = [c for c in customer_ids if storable(c)]  # never stored: unknown
 
     def work(uow: UnitOfWork) -> pd.DataFrame:
         repo = uow.repo

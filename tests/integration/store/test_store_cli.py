@@ -230,3 +230,56 @@ def test_exports_to_a_place_that_cannot_be_written_are_one_line(
         "--now", NOW, "--db", store_url,
     )
     assert movers.exit_code == 2 and "--movers" in said(movers) and "is a folder" in said(movers)
+
+
+def test_bad_input_in_events_overrides_keys_and_outbox_is_one_line(
+    store_url: str, tmp_path: Path
+) -> None:
+    """An event holding NUL is rejected alone (the good ones are stored); an override takes
+    the tier in any letter case and refuses a --now before the customer's last evaluation;
+    bad scopes and outbox kinds are one line, exit 2."""
+    from tier_ml.store.service import export_audit, export_ledger
+
+    def event(i: int, **fields: str) -> dict[str, str]:
+        base = {"event_id": f"e{i}", "event_type": "placed", "order_id": f"o{i}",
+                "customer_id": f"C{i}", "occurred_at": "2025-06-01T10:00:00Z", "amount": "120",
+                "currency": "USD"}  # fmt: skip
+        return {**base, **fields}
+
+    events = tmp_path / "events.jsonl"
+    rows = [event(1), event(2, customer_id="C\x002"), event(3)]
+    events.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    ingested = run("ingest", str(events), "--now", "2025-07-01", "--db", store_url)
+    assert ingested.exit_code == 0, ingested.output
+    assert "2 accepted" in said(ingested) and "1 rejected (unsupported_character 1)" in said(ingested)
+
+    cased = run("override", "set", "C1", "gOLD", "--reason", "goodwill", "--now", "2025-07-02",
+                "--db", store_url)  # fmt: skip
+    assert cased.exit_code == 0 and "C1 is Gold until cleared" in said(cased), cased.output
+    past = run("override", "set", "C3", "VIP", "--reason", "goodwill", "--now", "2025-06-20",
+               "--db", store_url)  # fmt: skip
+    assert past.exit_code == 2, past.output
+    assert "is before the store's clock for customer C3 (2025-07-01T00:00:00Z" in said(past)
+    unknown = run("override", "set", "C3", "Platinum", "--reason", "x", "--now", "2025-07-02",
+                  "--db", store_url)  # fmt: skip
+    assert unknown.exit_code == 2 and "the policy's tiers are Silver, Gold, VIP" in said(unknown)
+    engine = open_store(store_url)
+    try:
+        assert sorted(export_ledger(engine)["event_id"]) == ["e1", "e3"]
+        assert export_audit(engine).query("reason == 'override'")["new_tier"].tolist() == ["Gold"]
+    finally:
+        engine.dispose()
+
+    for args, message in [
+        (["apikey", "create", "--name", "crm", "--scopes", "a,,"], "unknown scope 'a'; valid scopes: events:write, tiers:read"),
+        (["apikey", "create", "--name", "crm", "--scopes", "tiers:read,,"], "scope 2 is empty"),
+        (["apikey", "create", "--name", "crm", "--scopes", "tiers:read, "], "scope 2 is empty"),
+        (["apikey", "create", "--name", "crm", "--scopes", "tiers: read"], "'tiers: read'"),
+        (["outbox", "list", "--kind", "welcom"], "unknown kind 'welcom'; known: welcome,"),
+    ]:
+        result = run(*args, "--db", store_url)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in said(result) and len(result.output.strip().splitlines()) == 1
+    spaced = run("apikey", "create", "--name", "crm", "--scopes", " tiers:read , admin",
+                 "--db", store_url)  # fmt: skip
+    assert spaced.exit_code == 0 and "scopes admin, tiers:read" in said(spaced), spaced.output

@@ -150,6 +150,9 @@ def test_a_new_override_replaces_the_open_one(engine) -> None:
         ("bob", "Gold", "why", None, "no order in the store"),
         ("ann", "Gold", " ", None, "reason is required"),
         ("ann", "Gold", "why", "02", "is not after now"),
+        ("ann", "Gold", "why\x00", None, "reason contains the NUL character"),
+        ("a\x00n", "Gold", "why", None, "customer_id contains the NUL character"),
+        ("ann", "Go\x00ld", "why", None, "tier contains the NUL character"),
     ],
 )
 def test_override_errors_are_clear(engine, customer, tier, reason, until, message) -> None:
@@ -164,3 +167,23 @@ def test_override_errors_are_clear(engine, customer, tier, reason, until, messag
             t("03"),
             until_us=None if until is None else t(until),
         )
+
+
+def test_an_override_names_its_tier_in_any_case_and_is_not_dated_in_the_past(engine) -> None:
+    """``gold`` is the policy's ``Gold`` (stored and audited so); an instant before the
+    customer's last evaluation is refused, for setting and clearing alike, writing nothing;
+    a policy whose names differ only by case needs the exact one."""
+    service.apply_events(engine, [order("e1", "o1", "600", "01")], t("05"), POLICY)
+    for now in (t("04"), t("05") - 1):
+        with pytest.raises(StoreError, match=r"before the store's clock for customer ann \(2025-01-05"):
+            service.set_override(engine, "ann", "Gold", "alice", "why", now)
+    state = service.set_override(engine, "ann", " gOLD", "alice", "why", t("05"))
+    assert state.tier == "Gold" and state.tier_since_us == t("05")
+    assert service.list_overrides(engine, t("05"))["tier"].tolist() == ["Gold"]
+    with pytest.raises(StoreError, match="before the store's clock for customer ann"):
+        service.clear_override(engine, "ann", "bob", "why", t("04"))
+    assert [row[2] for row in _audit(engine)] == ["Base", "Gold"]
+    twins = parse_policy({"tiers": [{"name": "base"}, {"name": "Base", "min_spend": 100}]})
+    assert service.policy_tier(twins, "Base") == "Base"
+    with pytest.raises(StoreError, match="tier 'BASE' matches base, Base by letter case: name one exactly"):
+        service.policy_tier(twins, "BASE")
