@@ -402,6 +402,15 @@ def detect_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
+def _has_nul(path: Path) -> bool:
+    """Whether the file holds a NUL byte (read in 1 MiB pieces; stops at the first)."""
+    with path.open("rb") as handle:
+        while piece := handle.read(1 << 20):
+            if b"\x00" in piece:
+                return True
+    return False
+
+
 def read_events(path: str | Path) -> pd.DataFrame:
     """Read an events file into a frame with the canonical columns (missing ones empty).
 
@@ -416,7 +425,10 @@ def read_events(path: str | Path) -> pd.DataFrame:
         raise EventReadError(f"{path}: no such events file")
     try:
         if kind == "csv":
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            # pandas' fast parser ends a field at a NUL byte ("C\x002" became "C"): such a
+            # file is read by its Python parser, which keeps the text whole for validation
+            engine = "python" if _has_nul(path) else "c"
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, engine=engine)
         elif kind == "jsonl":
             frame = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
             frame = frame.astype(object).where(frame.notna(), None)

@@ -283,3 +283,19 @@ def test_bad_input_in_events_overrides_keys_and_outbox_is_one_line(
     spaced = run("apikey", "create", "--name", "crm", "--scopes", " tiers:read , admin",
                  "--db", store_url)  # fmt: skip
     assert spaced.exit_code == 0 and "scopes admin, tiers:read" in said(spaced), spaced.output
+
+
+def test_a_csv_field_holding_nul_is_rejected_whole_not_cut(store_url: str, tmp_path: Path) -> None:
+    """pandas' fast CSV parser ends a field at NUL: "C\\x002" was stored as customer "C"."""
+    path = tmp_path / "events.csv"
+    path.write_bytes(
+        b"event_id,event_type,order_id,customer_id,occurred_at,amount,currency,channel,region\n"
+        b"e1,placed,o1,C\x002,2025-01-01T00:00:00Z,10,USD,web,\n"
+        b"e2,placed,o2,C3,2025-01-01T00:00:00Z,10,USD,web,\n"
+    )
+    result = run("ingest", str(path), "--now", NOW, "--db", store_url)
+    assert result.exit_code == 0, result.output
+    assert "1 accepted" in said(result) and "unsupported_character" in said(result)
+    out = tmp_path / "tiers.csv"
+    assert run("tiers", "export", "--now", NOW, "--out", str(out), "--db", store_url).exit_code == 0
+    assert list(pd.read_csv(out)["customer_id"]) == ["C3"]  # and no customer "C"
