@@ -340,6 +340,7 @@ def build_ledger(checked: DataFrame) -> Ledger:
         F.col("customer_id").alias("order_customer"),
         F.col("at_us").alias("placed_at_us"),
         F.col("amount_us").alias("value_us"),
+        F.col("row").alias("placed_row"),
         F.lit(True).alias("_found"),
     )
     adjustments = (
@@ -356,6 +357,7 @@ def build_ledger(checked: DataFrame) -> Ledger:
             "order_customer",
             "placed_at_us",
             "value_us",
+            "placed_row",
             "channel",
             F.expr(
                 "CASE WHEN _found IS NULL OR placed_at_us > at_us THEN 'unknown_order' "
@@ -457,11 +459,12 @@ _BUCKET_COLUMNS = (
     "order_customer",
     "placed_at_us",
     "value_us",
+    "placed_row",
 )
 _PLACED_COLUMNS = "row, event_id, event_type, order_id, customer_id, at_us, amount_us, region"
 _ADJUSTMENT_COLUMNS = (
     "row, event_id, event_type, order_id, customer_id, at_us, amount_us, order_customer, "
-    "placed_at_us, value_us, CAST(NULL AS VARCHAR) AS reason"
+    "placed_at_us, value_us, CAST(placed_row AS BIGINT) AS placed_row, CAST(NULL AS VARCHAR) AS reason"
 )
 
 
@@ -612,6 +615,7 @@ def customer_stage(
                 ("order_customer", "string"),
                 ("placed_at_us", "long"),
                 ("value_us", "long"),
+                ("placed_row", "long"),
             )
         ),
     )
@@ -622,6 +626,7 @@ def customer_stage(
         "order_customer",
         "placed_at_us",
         "value_us",
+        "placed_row",
     )
     bucketed = placed.select(*_BUCKET_COLUMNS).unionByName(adjusted.select(*_BUCKET_COLUMNS))
     bucket = F.pmod(F.xxhash64("customer_id"), F.lit(count)).alias("bucket")
