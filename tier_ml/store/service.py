@@ -541,7 +541,8 @@ def list_overrides(engine: Engine, now_us: int) -> pd.DataFrame:
     (a replaced override is cleared by whoever set the new one)."""
     frame = run_in_transaction(engine, lambda uow: uow.repo.overrides_frame(), read_only=True)
     cleared = frame["cleared_at_us"].notna()
-    expired = ~cleared & frame["until_us"].notna() & (frame["until_us"].fillna(0) <= now_us)
+    until = pd.to_numeric(frame["until_us"])  # all NULL comes back as objects (epoch µs fit a float)
+    expired = ~cleared & until.notna() & (until <= now_us)
     out = frame[["id", "customer_id", "tier", "actor", "reason", "cleared_by"]].copy()
     out["status"] = np.select([cleared, expired], ["cleared", "expired"], default="active")
     out["set_at"] = iso_instants(frame["set_at_us"])
