@@ -26,11 +26,43 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+class TrackingUnreachableError(ConnectionError):
+    """An HTTP tracking server that does not answer at all."""
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail at once, in one line, when an ``http(s)`` tracking server does not answer.
+
+    MLflow retries a refused connection with back-off for a minute or more before it
+    gives up, which at a terminal looks like a hang. Any answer counts as reachable, also
+    an error status or a TLS handshake it cannot verify (a proxy, authentication,
+    ``MLFLOW_TRACKING_INSECURE_TLS``): MLflow then reports the rest itself.
+    """
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as exc:  # refused, unknown host, timed out
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):
+            return
+        raise TrackingUnreachableError(f"MLflow tracking server {uri} does not answer: {reason}") from None
+
+
 def use_tracking(tracking_uri: str | None = None) -> str:
-    """Point MLflow (fluent API and registry) at the resolved store; returns the URI."""
+    """Point MLflow (fluent API and registry) at the resolved store; returns the URI
+    (an ``http(s)`` server is checked first, see :func:`check_reachable`)."""
     import mlflow
 
     uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri

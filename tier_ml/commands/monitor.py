@@ -124,6 +124,7 @@ def monitor(
     recommended, and with --db a drift_detected event is queued); 2: bad input.
     """
     from training.monitor import MonitorError, read_table, resolve_reference, run_monitor
+    from training.tracking import TrackingUnreachableError
 
     cli = _cli()
     if out.suffix.lower() not in {".html", ".htm"}:
@@ -145,7 +146,7 @@ def monitor(
                 reference_cutoff=reference_cutoff, current_cutoff=current_cutoff,
                 max_rows=max_rows, seed=seed, current_source=str(current),
             )  # fmt: skip
-        except MonitorError as exc:
+        except (MonitorError, TrackingUnreachableError) as exc:
             raise cli.fail(str(exc)) from None
         status.update("monitoring: writing the report ...")
         files = _write(result, out)

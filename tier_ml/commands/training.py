@@ -76,10 +76,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from tier_ml.events import EventReadError
     from training.data import TrainingDataError
     from training.scoring import ModelNotFoundError
+    from training.tracking import TrackingUnreachableError
 
     return (
         TrainingDataError,
         ModelNotFoundError,
+        TrackingUnreachableError,
         EventReadError,
         FeatureSchemaError,
         UnsupportedModelRegistryStoreURIException,  # a --tracking-uri MLflow cannot use
