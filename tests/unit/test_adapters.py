@@ -98,6 +98,21 @@ def test_marketplace_feed() -> None:
     ]  # the entry without a loyalty id gives no event
 
 
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"event_id": "e1", "customer_id": "C1"}, 'has "entries" \\(this one has: customer_id, event_id\\)'),
+        ([{"event_id": "e1", "customer_id": "C1"}], "no entry has a type"),  # canonical rows, wrong channel
+        ({"entries": [{"type": "ORDER"}, "x"]}, "entry 2 of the marketplace feed is not an object"),
+    ],
+)
+def test_a_document_that_is_not_a_marketplace_feed_is_named(payload: object, message: str) -> None:
+    """Not "0 events": a file sent with the wrong --channel says what it lacks."""
+    with pytest.raises(ValueError, match=message):
+        get_adapter("marketplace")(payload)
+    assert get_adapter("marketplace")({"feed_id": "f", "entries": []}) == []  # an empty feed is fine
+
+
 def test_app_events_in_minor_units() -> None:
     events = get_adapter("app")(load("app_events.json"))
     assert brief(events) == [

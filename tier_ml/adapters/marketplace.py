@@ -27,9 +27,18 @@ CHANNEL = "marketplace"
 
 def to_events(payload: Any, context: AdapterContext = AdapterContext()) -> list[RawEvent]:
     """The canonical events of one feed document (or a bare list of entries)."""
-    entries = payload.get("entries", []) if isinstance(payload, dict) else payload
+    if isinstance(payload, dict) and "entries" not in payload:
+        keys = ", ".join(sorted(map(str, payload))[:8]) or "none"
+        raise ValueError(f"a marketplace feed document has \"entries\" (this one has: {keys})")
+    entries = payload["entries"] if isinstance(payload, dict) else payload
     if not isinstance(entries, list):
         raise ValueError("a marketplace feed has a list of entries")
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            raise ValueError(f"entry {number} of the marketplace feed is not an object")
+    if entries and not any("type" in entry for entry in entries):
+        # e.g. canonical events sent with the wrong --channel: say so rather than "0 events"
+        raise ValueError("no entry has a type (ORDER, REFUND or CANCELLATION): not a marketplace feed")
     events = []
     for entry in entries:
         converted = _entry(entry, context)
