@@ -59,8 +59,11 @@ def prefer_avx2_sorts(
 
 
 def _cpuinfo() -> str:
+    """The start of ``/proc/cpuinfo``: the first processor's block (``is_zen4`` reads no more),
+    not the whole file, which on a large machine repeats it for every core."""
     try:
-        return Path("/proc/cpuinfo").read_text(errors="replace")
+        with Path("/proc/cpuinfo").open(errors="replace") as handle:
+            return handle.read(16_384)
     except OSError:  # not Linux, or not readable: leave numpy as it is
         return ""
 

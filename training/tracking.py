@@ -38,8 +38,12 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     an error status or a TLS handshake it cannot verify (a proxy, authentication,
     ``MLFLOW_TRACKING_INSECURE_TLS``): MLflow then reports the rest itself.
     """
-    if not uri.lower().startswith(("http://", "https://")):
-        return
+    if uri.lower().startswith(("http://", "https://")):
+        _probe(uri, timeout_s)
+
+
+@cache  # a server that answered once is not asked again (failures raise, so are not kept)
+def _probe(uri: str, timeout_s: float) -> None:
     import ssl
     import urllib.error
     import urllib.request

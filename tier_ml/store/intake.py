@@ -53,7 +53,7 @@ from tier_ml.events import (
 )
 from tier_ml.money import MAX_AMOUNT, to_micros
 from tier_ml.policy import Policy
-from tier_ml.store.storable import NUL, unsupported_character
+from tier_ml.store.storable import NUL, refusal
 
 RawEvent = dict[str, str | None]
 
@@ -290,9 +290,8 @@ def unsupported_text(raw: Mapping[str, Any]) -> tuple[StoreRejectReason, str] | 
         value = get(name)
         # inline first test: plain ASCII text without NUL (nearly every field) costs no call
         if type(value) is str and (NUL in value or not value.isascii()):
-            what = unsupported_character(value)
-            if what is not None:
-                detail = f"{name} contains {what}, which the store cannot keep"
+            detail = refusal(name, value)
+            if detail is not None:
                 return StoreRejectReason.UNSUPPORTED_CHARACTER, detail
     return None
 
