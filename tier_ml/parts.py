@@ -61,6 +61,12 @@ def customer_parts(starts: np.ndarray, rows: int) -> list[Part]:
     ]
 
 
+def row_parts(rows: int) -> list[slice]:
+    """Parts of about ``PART_ROWS`` of ``rows`` rows, for work where each row stands alone."""
+    size = max(1, min(-(-rows // THREADS), PART_ROWS))
+    return [slice(begin, min(begin + size, rows)) for begin in range(0, rows, size)]
+
+
 def map_on_threads(function: Callable[[Item], Result], items: Iterable[Item]) -> list[Result]:
     """``function`` of every item, on ``THREADS`` threads, in the order of ``items``."""
     with ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="tier-ml-parts") as pool:
