@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from serving.auth import KeyRing
+from serving.customer_paths import CustomerPathMiddleware
 from serving.deps import Services
 from serving.errors import BodyLimitMiddleware, install_error_handlers
 from serving.jobs import JobRunner
@@ -119,6 +120,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     from serving.web import install as install_dashboard  # CRM pages: router + /static
 
     install_dashboard(app)
+    app.add_middleware(CustomerPathMiddleware)  # ids holding a slash, sent encoded
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app

@@ -80,7 +80,7 @@ class LatencyMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path_format", None) or "unmatched"
             self.metrics.request_seconds.labels(scope["method"], template, str(status)).observe(
                 time.perf_counter() - started
             )

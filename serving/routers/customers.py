@@ -13,6 +13,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from serving.customer_paths import CUSTOMER
 from serving.deps import Admin, NowDep, Services, ServicesDep, TiersReader, run_scoring
 from serving.errors import Problem, customer_not_found, problem_responses
 from serving.lookup import read_customer
@@ -206,7 +207,7 @@ INCLUDE_DESCRIPTION = (
 
 
 @router.get(
-    "/v1/customers/{customer_id}",
+    f"/v1/customers/{CUSTOMER}",
     response_model=CustomerOut,
     summary="A customer's tier, spend, pending spend and when it matures, perks and tier history",
     description=(
@@ -251,7 +252,7 @@ async def get_customer(
 
 
 @router.get(
-    "/v1/customers/{customer_id}/ledger",
+    f"/v1/customers/{CUSTOMER}/ledger",
     summary="Why a customer has their tier: orders, buffer clearings, refunds, transitions, targets",
     description=(
         "The explained tier ledger, computed by the rules engine itself (it cannot disagree "
@@ -273,7 +274,7 @@ def get_ledger(
 
 
 @router.put(
-    "/v1/customers/{customer_id}/override",
+    f"/v1/customers/{CUSTOMER}/override",
     response_model=CustomerOut,
     summary="Give a customer a tier whatever the rules say, until a time or until removed (admin)",
     responses=problem_responses(401, 403, 404, 409, 415, 422),
@@ -309,7 +310,7 @@ def put_override(
 
 
 @router.delete(
-    "/v1/customers/{customer_id}/override",
+    f"/v1/customers/{CUSTOMER}/override",
     response_model=CustomerOut,
     summary="Remove a customer's override: the rules tier applies again (admin)",
     responses=problem_responses(401, 403, 404, 409, 422),

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
 from serving.batch_answer import encode, in_request_order, prediction_rows
+from serving.customer_paths import CUSTOMER
 from serving.deps import (
     NowDep,
     PredictionsReader,
@@ -50,7 +51,7 @@ def _count(services: Services, n: int) -> None:
 
 
 @router.get(
-    "/v1/customers/{customer_id}/predictions",
+    f"/v1/customers/{CUSTOMER}/predictions",
     response_model=PredictionOut,
     summary="Churn, upgrade and downgrade probabilities for one customer, with top reasons",
     responses=problem_responses(401, 403, 404, 422, 503),

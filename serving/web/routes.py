@@ -32,6 +32,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from serving.auth import Principal
+from serving.customer_paths import CUSTOMER
 from serving.errors import Problem
 from serving.intervals import interval_fields, model_kinds
 from serving.models import prediction_fields, reasons_list
@@ -514,7 +515,7 @@ def find_customer(request: Request, customer_id: str | None = None) -> Response:
     return RedirectResponse(f"/dashboard/customers/{quote(wanted, safe='')}", status_code=303)
 
 
-@router.get("/dashboard/customers/{customer_id}")
+@router.get(f"/dashboard/customers/{CUSTOMER}")
 def customer_page(request: Request, customer_id: str, done: str | None = None) -> Response:
     visitor = _visitor(request)
     _require(request, visitor, "tiers:read")
@@ -620,7 +621,7 @@ def _validation_message(exc: ValidationError) -> str:
     return f"{field}: {first.get('msg', 'not valid')}"
 
 
-@router.post("/dashboard/customers/{customer_id}/override")
+@router.post(f"/dashboard/customers/{CUSTOMER}/override")
 def override_submit(
     request: Request,
     customer_id: str,
@@ -656,7 +657,7 @@ def override_submit(
     return RedirectResponse(url, status_code=303)
 
 
-@router.post("/dashboard/customers/{customer_id}/override/clear")
+@router.post(f"/dashboard/customers/{CUSTOMER}/override/clear")
 def override_clear(
     request: Request,
     customer_id: str,

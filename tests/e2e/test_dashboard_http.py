@@ -5,11 +5,13 @@ no trained model: fast). The browser flow is in test_dashboard_browser.py."""
 from __future__ import annotations
 
 import contextlib
+import html
 import logging
 import re
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pandas as pd
@@ -321,3 +323,48 @@ def test_auth_disabled_opens_the_pages_with_a_warning(small_store: str, tmp_path
     ):
         page = client.get("/dashboard")
     assert page.status_code == 200 and "Authentication is disabled" in page.text
+
+
+#: Ids as retailers have them: Shopify's global ids hold slashes; others hold %, ?, #, spaces.
+ODD_IDS = ["gid://shopify/Customer/7702", "50%/off?x#y", "Zoë Ø/ledger"]
+
+
+def test_ids_holding_a_slash_or_reserved_characters_are_reachable(server: str, store) -> None:
+    """Sent percent-encoded, every such id reaches the API and the pages whole (a real
+    uvicorn server: routing sees the path as sent)."""
+    order = {"event_type": "placed", "amount": "60000", "currency": "USD", "channel": "web",
+             "region": "US", "occurred_at": "2025-05-01T09:00:00Z"}
+    events = [
+        {**order, "event_id": f"odd-{i}", "order_id": f"odd-{i}", "customer_id": customer_id}
+        for i, customer_id in enumerate(ODD_IDS)
+    ]
+    with httpx.Client(base_url=server, headers=support.headers(), timeout=30) as api:
+        sent = api.post("/v1/events", json={"events": events})
+        assert sent.status_code == 200, sent.text
+        assert {r["status"] for r in sent.json()["results"]} == {"accepted"}
+        for customer_id in ODD_IDS:
+            url = f"/v1/customers/{quote(customer_id, safe='')}"
+            for path in (url, f"{url}/ledger"):
+                got = api.get(path)
+                assert got.status_code == 200, (path, got.text)
+                assert got.json()["customer_id"] == customer_id
+            put = api.put(f"{url}/override", json={"tier": "Silver", "reason": "odd id"})
+            assert put.status_code == 200 and put.json()["override"]["tier"] == "Silver", put.text
+            removed = api.delete(f"{url}/override", params={"reason": "odd id done"})
+            assert removed.status_code == 200 and removed.json()["override"] is None
+        # sent unencoded, the slash separates segments: no such endpoint
+        assert api.get(f"/v1/customers/{ODD_IDS[0]}").status_code == 404
+    audit = export_audit(store)
+    assert set(audit.query("note == 'odd id'")["customer_id"]) == set(ODD_IDS)
+    with logged_in(server, support.ALL_KEY) as (admin, token):
+        for customer_id in ODD_IDS:
+            found = admin.get("/dashboard/customers", params={"customer_id": customer_id})
+            assert found.status_code == 303
+            page = admin.get(found.headers["location"])
+            assert page.status_code == 200 and html.escape(customer_id) in page.text
+            form = f"/dashboard/customers/{quote(customer_id, safe='')}/override"
+            done = admin.post(form, data={"tier": "VIP", "reason": "page", "csrf_token": token})
+            assert done.status_code == 303, done.text
+            assert admin.get(done.headers["location"]).status_code == 200
+    overrides = export_audit(store).query("note == 'page'")
+    assert set(overrides["customer_id"]) == set(ODD_IDS)
