@@ -12,17 +12,13 @@ path convertor decodes it, so an id reaches the handler whole, whatever it holds
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 from urllib.parse import quote, unquote
 
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 #: Paths whose next segment is a customer id.
 CUSTOMER_PREFIXES = ("/v1/customers/", "/dashboard/customers/")
-
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
 class CustomerIdConvertor(Convertor[str]):
@@ -70,7 +66,7 @@ class CustomerPathMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             root = scope.get("root_path", "")
             path = scope["path"]
