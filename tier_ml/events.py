@@ -12,6 +12,7 @@ accept exactly the same strings.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -411,6 +412,39 @@ def _has_nul(path: Path) -> bool:
     return False
 
 
+#: A JSON escape of a UTF-16 surrogate (``\\ud800``-``\\udfff``): text only in a high-low pair.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate_line(path: Path) -> int | None:
+    """The first line (1-based) of a JSON lines file holding an unpaired surrogate escape.
+
+    pandas' JSON reader drops such an escape without a word (``"c\\ud8006"`` became
+    ``"c6"``, another customer), and DuckDB refuses the file. The file is searched in
+    1 MiB pieces first; only a file with a surrogate escape is read line by line, where
+    Python's ``json`` keeps a lone surrogate, which then cannot be encoded as UTF-8.
+    """
+    with path.open("rb") as handle:
+        tail = b""  # the end of the previous piece: an escape may be cut in two
+        while piece := handle.read(1 << 20):
+            if _SURROGATE_ESCAPE.search(tail + piece):
+                break
+            tail = piece[-5:]
+        else:
+            return None
+        handle.seek(0)
+        for number, line in enumerate(handle, start=1):
+            if _SURROGATE_ESCAPE.search(line) is None:
+                continue
+            try:
+                json.dumps(json.loads(line), ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                return number
+            except ValueError:  # a malformed line: pandas names it
+                continue
+    return None
+
+
 def read_events(path: str | Path) -> pd.DataFrame:
     """Read an events file into a frame with the canonical columns (missing ones empty).
 
@@ -423,6 +457,11 @@ def read_events(path: str | Path) -> pd.DataFrame:
     kind = detect_format(path)
     if not path.is_file():
         raise EventReadError(f"{path}: no such events file")
+    if kind == "jsonl" and (line := _lone_surrogate_line(path)) is not None:
+        raise EventReadError(
+            f"{path}: line {line} holds an unpaired UTF-16 surrogate escape "
+            "(\\ud800-\\udfff without its pair), which is not text"
+        )
     try:
         if kind == "csv":
             # pandas' fast parser ends a field at a NUL byte ("C\x002" became "C"): such a
