@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from sections import write_section  # benchmarks/sections.py
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".bench"
 BIN = Path(sys.executable).parent
@@ -146,8 +148,7 @@ def main() -> None:
     floor, classify, pairs = measure(events, args.runs)
     section = report(args.customers, rows, args.runs, floor, classify, pairs)
     if args.write:
-        REPORT.parent.mkdir(parents=True, exist_ok=True)
-        REPORT.write_text(section)
+        write_section(REPORT, section)
     print(section)
 
 

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sections import write_section  # benchmarks/sections.py
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = datetime(2026, 1, 1, tzinfo=UTC)
@@ -534,8 +535,7 @@ def main() -> None:
     os.chdir(ROOT)
     report = "\n".join(lines)
     print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    write_section(args.out, report)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+from sections import write_section  # benchmarks/sections.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -441,8 +442,7 @@ def main() -> None:
     }
     section = markdown(report)
     if args.write:
-        REPORT.parent.mkdir(parents=True, exist_ok=True)
-        REPORT.write_text(section)
+        write_section(REPORT, section)
     print(section)
     print(json.dumps(report))  # last line: read by benchmarks/run.py
 
