@@ -403,17 +403,26 @@ def detect_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
-def _has_nul(path: Path) -> bool:
-    """Whether the file holds a NUL byte (read in 1 MiB pieces; stops at the first)."""
+_NUL_BYTE = re.compile(rb"\x00")
+#: A JSON escape of a UTF-16 surrogate (``\\ud800``-``\\udfff``): text only in a high-low pair.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _file_holds(path: Path, pattern: re.Pattern[bytes], longest: int) -> bool:
+    """Whether ``pattern`` (at most ``longest`` bytes) occurs in the file: read in 1 MiB
+    pieces, each searched with the end of the one before (a match may be cut in two)."""
     with path.open("rb") as handle:
+        tail = b""
         while piece := handle.read(1 << 20):
-            if b"\x00" in piece:
+            if pattern.search(tail + piece):
                 return True
+            tail = (tail + piece)[1 - longest :] if longest > 1 else b""
     return False
 
 
-#: A JSON escape of a UTF-16 surrogate (``\\ud800``-``\\udfff``): text only in a high-low pair.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+def _has_nul(path: Path) -> bool:
+    """Whether the file holds a NUL byte."""
+    return _file_holds(path, _NUL_BYTE, 1)
 
 
 def _lone_surrogate_line(path: Path) -> int | None:
@@ -424,15 +433,9 @@ def _lone_surrogate_line(path: Path) -> int | None:
     1 MiB pieces first; only a file with a surrogate escape is read line by line, where
     Python's ``json`` keeps a lone surrogate, which then cannot be encoded as UTF-8.
     """
+    if not _file_holds(path, _SURROGATE_ESCAPE, len(b"\\ud800")):
+        return None
     with path.open("rb") as handle:
-        tail = b""  # the end of the previous piece: an escape may be cut in two
-        while piece := handle.read(1 << 20):
-            if _SURROGATE_ESCAPE.search(tail + piece):
-                break
-            tail = piece[-5:]
-        else:
-            return None
-        handle.seek(0)
         for number, line in enumerate(handle, start=1):
             if _SURROGATE_ESCAPE.search(line) is None:
                 continue
