@@ -177,8 +177,8 @@ def _predictions_block(
 def _refused(exc: StoreError, location: str) -> Problem:
     """The store's refusal: 422 on the input it names (``until``, ``tier``, ``reason``...),
     else 409, a conflict with the store's state (no override to remove, an instant before
-    the store's clock). The CLI's option names become the API's words."""
-    message = str(exc).replace("--until", "until").replace("--now ", "now ")
+    the store's clock)."""
+    message = str(exc)
     if isinstance(exc, StoreInputError):
         where = "path" if exc.field == "customer_id" else location
         return Problem(422, message, field=exc.field, location=where)

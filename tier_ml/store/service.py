@@ -454,7 +454,7 @@ def set_override(
         at_us = evaluation.state.evaluated_at_us
         if until_us is not None and until_us <= at_us:
             raise StoreInputError(
-                f"--until {iso_instant(until_us)} is not after now ({iso_instant(at_us)})",
+                f"until {iso_instant(until_us)} is not after now ({iso_instant(at_us)})",
                 "until",
             )
         repo.close_overrides(customer_id, at_us, actor)
@@ -613,7 +613,7 @@ def _evaluate_known_customer(
         clock = max(state.evaluated_at_us, active.created_at_us)
         if now_us < clock:
             raise StoreError(
-                f"--now {iso_instant(now_us)} is before the store's clock for customer "
+                f"now {iso_instant(now_us)} is before the store's clock for customer "
                 f"{customer_id} ({iso_instant(clock)}, when it last evaluated them); {what}"
             )
     evaluations, sizes, _ = _evaluate_customers(repo, active, [customer_id], now_us)
@@ -855,7 +855,7 @@ def _check_clock(repo: Repository, active: ActivePolicy, now_us: int) -> None:
     latest = max(repo.clock() or active.created_at_us, active.created_at_us)
     if now_us < latest:
         raise StoreError(
-            f"--now {iso_instant(now_us)} is before the store's clock ({iso_instant(latest)}); "
+            f"now {iso_instant(now_us)} is before the store's clock ({iso_instant(latest)}); "
             "a policy applies from now on"
         )
 
