@@ -12,8 +12,10 @@ path convertor decodes it, so an id reaches the handler whole, whatever it holds
 
 from __future__ import annotations
 
+from typing import Annotated
 from urllib.parse import quote, unquote
 
+from fastapi import Path
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -37,6 +39,16 @@ register_url_convertor("customer", CustomerIdConvertor())
 
 #: The customer id in a route's path: ``f"/v1/customers/{CUSTOMER}/ledger"``.
 CUSTOMER = "{customer_id:customer}"
+
+#: The handler's parameter for :data:`CUSTOMER` (its OpenAPI description).
+CustomerId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=256,
+        description="The customer's id, percent-encoded as one path segment (a slash as %2F)",
+    ),
+]
 
 
 def routed_path(path: str, raw_path: bytes | None) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from serving.customer_paths import CUSTOMER
+from serving.customer_paths import CUSTOMER, CustomerId
 from serving.deps import Admin, NowDep, Services, ServicesDep, TiersReader, run_scoring
 from serving.errors import Problem, customer_not_found, problem_responses
 from serving.lookup import read_customer
@@ -37,7 +37,6 @@ router = APIRouter(tags=["customers"])
 T = TypeVar("T")
 PREDICTIONS_SCOPE = "predictions:read"
 INTERVAL_COLUMNS = ("churn_probability_low", "churn_probability_high")
-CustomerId = Annotated[str, Path(min_length=1, max_length=256, description="The customer's id")]
 
 
 def _iso(micros: int | None) -> str | None:

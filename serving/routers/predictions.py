@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from serving.batch_answer import encode, in_request_order, prediction_rows
-from serving.customer_paths import CUSTOMER
+from serving.customer_paths import CUSTOMER, CustomerId
 from serving.deps import (
     NowDep,
     PredictionsReader,
@@ -57,7 +57,7 @@ def _count(services: Services, n: int) -> None:
     responses=problem_responses(401, 403, 404, 422, 503),
 )
 async def get_customer_predictions(
-    customer_id: Annotated[str, Path(min_length=1, max_length=256)],
+    customer_id: CustomerId,
     principal: PredictionsReader,
     services: ServicesDep,
     models: ReadyModelsDep,
