@@ -88,6 +88,6 @@ class CustomerPathMiddleware:
             if raw and mounted and raw.startswith(root.encode()):
                 raw = raw[len(root) :]
             routed = routed_path(own, raw)
-            if routed != own:
-                scope = {**scope, "path": (root if mounted else "") + routed}
+            if routed != own:  # in place: outer middleware reads what routing adds (the route)
+                scope["path"] = (root if mounted else "") + routed
         await self.app(scope, receive, send)

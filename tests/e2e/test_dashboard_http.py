@@ -354,6 +354,8 @@ def test_ids_holding_a_slash_or_reserved_characters_are_reachable(server: str, s
             assert removed.status_code == 200 and removed.json()["override"] is None
         # sent unencoded, the slash separates segments: no such endpoint
         assert api.get(f"/v1/customers/{ODD_IDS[0]}").status_code == 404
+        metrics = api.get("/metrics").text  # the latency metric still names the route
+        assert 'route="/v1/customers/{customer_id}/ledger",status="200"} 3.0' in metrics
     audit = export_audit(store)
     assert set(audit.query("note == 'odd id'")["customer_id"]) == set(ODD_IDS)
     with logged_in(server, support.ALL_KEY) as (admin, token):
