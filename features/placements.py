@@ -24,8 +24,7 @@ import pyarrow as pa
 
 from features.registry import CHANNELS, WINDOWS
 from features.sql import DAY, channel_code_sql
-from tier_ml import batch as engine  # CUSTOMER_HASH is read at call time (tests set it)
-from tier_ml.batch import SortedPlacements
+from tier_ml.batch import SortedPlacements, customer_key_sql
 from tier_ml.money import MICROS_PER_DAY
 from tier_ml.parts import Part, customer_parts, map_on_threads
 
@@ -185,7 +184,7 @@ def placement_join_sql(placements: str, customers: str, removals: str) -> str:
     ``removals`` has the columns of ``features.sql.batch_removals_sql``. Sums are made
     128-bit like the SQL definition's, so the features' products cannot overflow.
     """
-    key = engine.CUSTOMER_HASH.format(column="c.customer_id")
+    key = customer_key_sql("c.customer_id")
     big = ("gross_us", "spend_prior_90_us", *(f"spend_{n}_us" for n in WINDOWS))
     columns = [
         f"CAST(p.{name} AS HUGEINT) AS {name}" if name in big else f"p.{name}"

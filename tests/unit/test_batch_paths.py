@@ -21,7 +21,14 @@ import pytest
 from tests.eventgen import as_of_instants, random_events, random_policy
 from tests.tiers import assert_same_tiers
 from tier_ml import batch, parts
-from tier_ml.batch import classify_frame, classify_to_files
+from tier_ml.batch import (
+    classify_frame,
+    classify_to_files,
+    pipeline,
+    placements,
+    validation,
+)
+from tier_ml.batch.source import raw_types
 from tier_ml.events import parse_instant, read_events
 from tier_ml.money import instant_to_micros
 from tier_ml.policy import Policy, parse_policy
@@ -99,14 +106,14 @@ def test_colliding_customer_hashes_fall_back_to_text(seed: int, monkeypatch: pyt
     policy, rows, as_of_us = _random_case(1000 + seed, customers=6)
     want_tiers, want_rejects = classify_frame(policy, rows, as_of_us)
     called = []
-    by_text = batch._sorted_placements_by_text
+    by_text = placements._sorted_placements_by_text
 
     def spy(*args: object) -> object:
         called.append(True)
         return by_text(*args)
 
-    monkeypatch.setattr(batch, "CUSTOMER_HASH", "CAST(42 AS UBIGINT)")  # every customer collides
-    monkeypatch.setattr(batch, "_sorted_placements_by_text", spy)
+    monkeypatch.setattr(placements, "CUSTOMER_HASH", "CAST(42 AS UBIGINT)")  # every customer collides
+    monkeypatch.setattr(placements, "_sorted_placements_by_text", spy)
     got_tiers, got_rejects = classify_frame(policy, rows, as_of_us)
     assert called or want_tiers["customer_id"].nunique() < 2
     pd.testing.assert_frame_equal(got_tiers, want_tiers)
@@ -118,7 +125,7 @@ def test_shared_id_hashes_only_add_candidates(seed: int, monkeypatch: pytest.Mon
     """Repeated ids are searched by a 32-bit hash; when every id shares one, the answer is the same."""
     policy, rows, as_of_us = _random_case(2000 + seed, customers=6)
     want_tiers, want_rejects = classify_frame(policy, rows, as_of_us)
-    monkeypatch.setattr(batch, "ID_HASH", "CAST(7 AS UINTEGER)")  # every event and order a candidate
+    monkeypatch.setattr(validation, "ID_HASH", "CAST(7 AS UINTEGER)")  # every event and order a candidate
     got_tiers, got_rejects = classify_frame(policy, rows, as_of_us)
     pd.testing.assert_frame_equal(got_tiers, want_tiers)
     pd.testing.assert_frame_equal(got_rejects, want_rejects)
@@ -298,10 +305,10 @@ def test_typed_sources_write_rejects_without_a_second_read(
     as_of_us = instant_to_micros(as_of_instants(rng, 1)[0])
     con = batch.connect()
     batch.register_source(con, path)
-    assert batch.keeps_raw_fields(batch._raw_types(con))
+    assert batch.keeps_raw_fields(raw_types(con))
     con.close()
     kept_tiers, kept_rejects = classify_frame(policy, path, as_of_us)
-    monkeypatch.setattr(batch, "keeps_raw_fields", lambda types: False)
+    monkeypatch.setattr(pipeline, "keeps_raw_fields", lambda types: False)
     read_tiers, read_rejects = classify_frame(policy, path, as_of_us)
     assert len(read_rejects) > 0
     pd.testing.assert_frame_equal(kept_rejects, read_rejects)

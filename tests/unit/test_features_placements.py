@@ -23,9 +23,9 @@ from features import build_features, customer_features
 from features.sql import channel_code_sql
 from tests.eventgen import random_events, random_policy
 from tests.unit.test_features import assert_same_features, by_customer
-from tier_ml import batch as engine
 from tier_ml import parts
 from tier_ml.batch import SortedPlacements
+from tier_ml.batch import placements as engine_placements
 from tier_ml.money import MICROS_PER_DAY, instant_to_micros
 
 CHANNELS = ["web", "WEB", " Pos", "app", "marketplace", "Marketplace", "kiosk", "", None]
@@ -103,7 +103,7 @@ def test_a_customer_key_collision_falls_back_to_the_sql(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(build, "placement_runs", spy)
     # ids of one length share a key: the engine sorts by text and hands over no keys
-    monkeypatch.setattr(engine, "CUSTOMER_HASH", "hash(length({column}))")
+    monkeypatch.setattr(engine_placements, "CUSTOMER_HASH", "hash(length({column}))")
     steps: list[str] = []
     collided = build_features(pd.DataFrame(rows), policy, as_of, on_progress=steps.append)
     assert results == [None]  # the collision was seen, and the SQL run takes no runs
