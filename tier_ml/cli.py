@@ -342,13 +342,21 @@ def import_command(
         typer.Option("--rejects", help="Write rows that could not be converted here (.csv)."),
     ] = None,
     currency: Annotated[
-        str | None, typer.Option("--currency", help="Currency when the export has none (USD).")
+        str | None, typer.Option(
+            "--currency",
+            help="Currency of amounts when the export has no currency column, e.g. USD. Without it an "
+            "amount whose text names none ($, EUR) is rejected: currency is missing.",
+        )
     ] = None,
     channel: Annotated[
-        str | None, typer.Option("--channel", help="Channel when the export has none (web).")
+        str | None, typer.Option(
+            "--channel", help="Channel of every row when the export has none, e.g. web. Default: empty."
+        )
     ] = None,
     region: Annotated[
-        str | None, typer.Option("--region", help="Region when the export has none (US).")
+        str | None, typer.Option(
+            "--region", help="Region of every row when the export has none, e.g. US. Default: empty."
+        )
     ] = None,
     date_format: Annotated[
         str | None,

@@ -403,12 +403,11 @@ def detect_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
-_NUL_BYTE = re.compile(rb"\x00")
 #: A JSON escape of a UTF-16 surrogate (``\\ud800``-``\\udfff``): text only in a high-low pair.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
-def _file_holds(path: Path, pattern: re.Pattern[bytes], longest: int) -> bool:
+def file_holds(path: Path, pattern: re.Pattern[bytes], longest: int) -> bool:
     """Whether ``pattern`` (at most ``longest`` bytes) occurs in the file: read in 1 MiB
     pieces, each searched with the end of the one before (a match may be cut in two)."""
     with path.open("rb") as handle:
@@ -420,11 +419,6 @@ def _file_holds(path: Path, pattern: re.Pattern[bytes], longest: int) -> bool:
     return False
 
 
-def _has_nul(path: Path) -> bool:
-    """Whether the file holds a NUL byte."""
-    return _file_holds(path, _NUL_BYTE, 1)
-
-
 def _lone_surrogate_line(path: Path) -> int | None:
     """The first line (1-based) of a JSON lines file holding an unpaired surrogate escape.
 
@@ -433,7 +427,7 @@ def _lone_surrogate_line(path: Path) -> int | None:
     1 MiB pieces first; only a file with a surrogate escape is read line by line, where
     Python's ``json`` keeps a lone surrogate, which then cannot be encoded as UTF-8.
     """
-    if not _file_holds(path, _SURROGATE_ESCAPE, len(b"\\ud800")):
+    if not file_holds(path, _SURROGATE_ESCAPE, len(b"\\ud800")):
         return None
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
@@ -448,45 +442,28 @@ def _lone_surrogate_line(path: Path) -> int | None:
     return None
 
 
-def read_events(path: str | Path) -> pd.DataFrame:
-    """Read an events file into a frame with the canonical columns (missing ones empty).
+def json_lines_fault(path: Path) -> str | None:
+    """Why a JSON lines file cannot be read, naming its first bad line; None if none is.
 
-    CSV and JSON lines are read as text, so validation sees exactly what was written;
-    Parquet keeps its column types (timestamps and numbers are accepted as they are).
+    A bad line is an unpaired surrogate escape (not text), or a line that is not one JSON
+    object. Engines refuse such a file whole; this names the line for every one of them.
     """
-    import pandas as pd
-
-    path = Path(path)
-    kind = detect_format(path)
-    if not path.is_file():
-        raise EventReadError(f"{path}: no such events file")
-    if kind == "jsonl" and (line := _lone_surrogate_line(path)) is not None:
-        raise EventReadError(
-            f"{path}: line {line} holds an unpaired UTF-16 surrogate escape "
+    if (line := _lone_surrogate_line(path)) is not None:
+        return (
+            f"line {line} holds an unpaired UTF-16 surrogate escape "
             "(\\ud800-\\udfff without its pair), which is not text"
         )
-    try:
-        if kind == "csv":
-            # pandas' fast parser ends a field at a NUL byte ("C\x002" became "C"): such a
-            # file is read by its Python parser, which keeps the text whole for validation
-            engine = "python" if _has_nul(path) else "c"
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, engine=engine)
-        elif kind == "jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
-            frame = frame.astype(object).where(frame.notna(), None)
-        else:
-            frame = pd.read_parquet(path)
-    except Exception as exc:  # the parsers raise many types; the user needs one message
-        raise EventReadError(f"{path}: cannot read {kind} events: {exc}") from None
-    missing = [name for name in REQUIRED_FIELDS if name not in frame.columns]
-    if missing:
-        raise EventReadError(
-            f"{path}: missing required columns {missing}; found {list(frame.columns)}"
-        )
-    for name in EVENT_FIELDS:
-        if name not in frame.columns:
-            frame[name] = None
-    return frame[list(EVENT_FIELDS)]
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue  # blank lines are skipped by every reader
+            try:
+                value = json.loads(raw)
+            except ValueError as exc:  # not JSON, or not UTF-8
+                return f"line {number} is not JSON ({exc})"
+            if not isinstance(value, dict):
+                return f"line {number} is not a JSON object"
+    return None
 
 
 def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:

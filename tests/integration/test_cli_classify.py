@@ -94,10 +94,10 @@ def test_a_file_broken_after_the_sample_exits_2_with_one_line(tmp_path: Path) ->
     broken_json = _jsonl(tmp_path / "broken.jsonl", _good_rows(25_000), tail='{"event_id": "x", oops\n')
     header = "event_id,event_type,order_id,customer_id,occurred_at,amount,currency\n"
     lines = [f"e{i},placed,o{i},c1,2025-01-01,5,USD\n" for i in range(30_000)]
-    lines[25_000] = "e25000,placed,o25000,c1,2025-01-01,5,USD,extra,fields\n"
+    lines[25_000] = 'e25000,placed,"o25000,c1,2025-01-01,5,USD\n'  # a quote never closed
     broken_csv = tmp_path / "broken.csv"
     broken_csv.write_text(header + "".join(lines))
-    for path, says in ((broken_json, "Malformed JSON"), (broken_csv, "cannot read csv events")):
+    for path, says in ((broken_json, "line 25001 is not JSON"), (broken_csv, "opened on line 25002 is never closed")):
         result = runner.invoke(app, ["classify", "-e", str(path), "--as-of", "2025-06-30",
                                      "-o", str(tmp_path / "tiers.csv")])
         assert result.exit_code == 2, result.output

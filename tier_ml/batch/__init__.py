@@ -47,7 +47,14 @@ from tier_ml.batch.pipeline import (
 )
 from tier_ml.batch.placements import PlacementsHook, SortedPlacements, customer_key_sql
 from tier_ml.batch.replay import replay_stage
-from tier_ml.batch.source import connect, field_expr, keeps_raw_fields, register_source, sql_literal
+from tier_ml.batch.source import (
+    connect,
+    field_expr,
+    keeps_raw_fields,
+    read_events,
+    register_source,
+    sql_literal,
+)
 from tier_ml.batch.validation import (
     CANCELLED,
     PLACED,
@@ -76,6 +83,7 @@ __all__ = [
     "keeps_raw_fields",
     "orders_sql",
     "output_sql",
+    "read_events",
     "register_source",
     "replay_stage",
     "run_pipeline",

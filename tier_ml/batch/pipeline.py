@@ -21,11 +21,12 @@ from tier_ml.batch.source import (
     keeps_raw_fields,
     raw_types,
     read_error,
+    read_events,
     register_source,
     sql_literal,
 )
 from tier_ml.batch.validation import stateless_sql
-from tier_ml.events import EVENT_FIELDS, frame_records, is_frame, read_events, rejects_frame
+from tier_ml.events import EVENT_FIELDS, frame_records, is_frame, rejects_frame
 from tier_ml.policy import Policy
 from tier_ml.rules import classify
 
@@ -87,9 +88,10 @@ def run_pipeline(
     for name in PIPELINE_STAGES:
         try:
             stages[name]()
-        except (duckdb.InvalidInputException, duckdb.IOException) as exc:
+        except duckdb.Error as exc:
             # validate and rejects read the source in full: a row that breaks the file's
-            # format is found there (registering it only read a sample)
+            # format is found there (registering it only read a sample). DuckDB raises
+            # some reader errors as its base class, so the stage decides, not the type.
             if name not in ("validate", "rejects") or is_frame(source):
                 raise
             raise read_error(source, exc) from None

@@ -7,18 +7,24 @@ Every field is exposed as trimmed text (``field_expr``), plus the parsed instant
 
 from __future__ import annotations
 
+import csv
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import duckdb
 
 from tier_ml.events import (
     AMOUNT_PATTERN,
     EVENT_FIELDS,
+    REQUIRED_FIELDS,
     TIME_PATTERN,
     EventReadError,
     detect_format,
+    file_holds,
     is_frame,
+    json_lines_fault,
 )
 
 if TYPE_CHECKING:
@@ -47,17 +53,135 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+_NOT_BLANK = re.compile(rb"\S")
+
 #: JSON lines are read with every event field as text, as written: types the reader would
 #: infer from a sample (a time, a number) fail on a later row that does not fit them.
 _JSON_FIELDS = "{" + ", ".join(f"{sql_literal(name)}: 'VARCHAR'" for name in EVENT_FIELDS) + "}"
 
 
 def read_error(source: str | Path, exc: duckdb.Error) -> EventReadError:
-    """One line for a file DuckDB cannot read (its messages run to many lines of hints)."""
-    kind = detect_format(Path(source))
+    """One line for a file DuckDB cannot read (its messages run to many lines of hints).
+
+    A JSON lines file is searched for the line at fault, which DuckDB's message does not
+    always name right (it counts one line too many), so every path names the same line.
+    """
+    path = Path(source)
+    kind = detect_format(path)
+    if kind == "jsonl" and (fault := json_lines_fault(path)) is not None:
+        return EventReadError(f"{source}: cannot read jsonl events: {fault}")
     first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    hint = " (does every row have the header's fields, comma separated?)" if "sniffing" in first else ""
+    hint = " (the file is not UTF-8 text)" if "unicode" in str(exc).lower() else ""
     return EventReadError(f"{source}: cannot read {kind} events: {first}{hint}")
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file's header line.
+
+    Spaces around a name are ignored (as around values); a name seen before gets a
+    suffix, so the first column of that name is the one read.
+    """
+    try:
+        with path.open("rb") as handle:
+            header = next(csv.reader(_text_lines(handle)), None)
+    except UnicodeDecodeError:
+        raise EventReadError(f"{path}: cannot read csv events: the header is not UTF-8 text") from None
+    except csv.Error as exc:
+        raise EventReadError(f"{path}: cannot read csv events: header line: {exc}") from None
+    if not header:
+        raise EventReadError(f"{path}: cannot read csv events: no header line (the file is empty)")
+    names: list[str] = []
+    for index, raw in enumerate(header, start=1):
+        name = raw.strip(" ") or f"column{index}"
+        unique, copy = name, 1
+        while unique in names:
+            copy += 1
+            unique = f"{name}_{copy}"
+        names.append(unique)
+    return names
+
+
+def _text_lines(handle: BinaryIO) -> Iterator[str]:
+    """The lines of a binary file as text, each decoded when read (a header needs only
+    its own lines to be UTF-8); a byte order mark at the start is not text."""
+    first = True
+    for line in handle:
+        yield line.decode("utf-8-sig" if first else "utf-8")
+        first = False
+
+
+def _quote_count(path: Path) -> int:
+    """How many double quotes the file holds (read in 1 MiB pieces)."""
+    count = 0
+    with path.open("rb") as handle:
+        while piece := handle.read(1 << 20):
+            count += piece.count(b'"')
+    return count
+
+
+def _unclosed_quote_line(path: Path) -> int | None:
+    """The line where a quote opens that the file never closes (Python's strict reader)."""
+    with path.open("rb") as handle:
+        reader = csv.reader(_text_lines(handle), strict=True)
+        start = 1
+        try:
+            for _ in reader:
+                start = reader.line_num + 1
+        except (csv.Error, UnicodeDecodeError):
+            return start
+    return None
+
+
+def _csv_scan(path: Path) -> str:
+    """The scan of a CSV file: comma separated, double quotes, every field text, in file order.
+
+    The dialect is fixed rather than sniffed, so every path reads a file the same way
+    (a sniffer guesses from a sample: a semicolon file or one short row changed its guess).
+    A row with fewer fields than the header has the rest missing (a reject), and fields
+    beyond the header's are ignored (an export that ends every line with a comma).
+
+    Quotes are counted first. Closed quotes come in pairs (one inside a quoted field is
+    doubled), and after a quote that is never closed a lenient reader takes the rest of
+    the file as one field, so the rows after it would vanish: an odd count stops the
+    read, naming the line. A file with quotes is read on one thread: DuckDB's parallel
+    reader cannot pad short rows when a quoted field may hold a line break.
+    """
+    columns = "{" + ", ".join(f"{sql_literal(name)}: 'VARCHAR'" for name in _csv_header(path)) + "}"
+    quotes = _quote_count(path)
+    if quotes % 2 and (line := _unclosed_quote_line(path)) is not None:
+        raise EventReadError(f"{path}: cannot read csv events: the quote opened on line {line} is never closed")
+    options = (
+        "auto_detect = false, header = true, delim = ',', quote = '\"', escape = '\"', "
+        f"null_padding = true, strict_mode = false, parallel = {'false' if quotes else 'true'}, columns = {columns}"
+    )
+    return f"SELECT row_number() OVER () AS row, * FROM read_csv({sql_literal(str(path))}, {options})"
+
+
+def _json_keys(con: duckdb.DuckDBPyConnection, path: Path) -> set[str]:
+    """The keys of a JSON lines file's objects (from DuckDB's sample).
+
+    A file without a line has no events and no keys to miss; a line that is not an
+    object is named (DuckDB would only report the keys it could not find).
+    """
+    if not file_holds(path, _NOT_BLANK, 1):
+        return set(EVENT_FIELDS)
+    described = f"DESCRIBE SELECT * FROM read_json({sql_literal(str(path))}, format = 'newline_delimited')"
+    keys = {name for name, *_ in con.execute(described).fetchall()}
+    if not set(REQUIRED_FIELDS) <= keys and (fault := json_lines_fault(path)) is not None:
+        raise EventReadError(f"{path}: cannot read jsonl events: {fault}")
+    return keys
+
+
+def _missing_columns(source: str | Path, found: Iterable[str]) -> EventReadError | None:
+    """The error for a file without every required column, None when it has them."""
+    found = sorted(name for name in found if name != "row")
+    missing = [name for name in REQUIRED_FIELDS if name not in found]
+    if not missing:
+        return None
+    hint = ""
+    if len(found) == 1 and any(mark in found[0] for mark in (";", "\t", "|")):
+        hint = " (is the file comma separated?)"
+    return EventReadError(f"{source}: missing required columns {missing}; found {found}{hint}")
 
 
 def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.DataFrame) -> None:
@@ -86,26 +210,19 @@ def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.Data
         if kind == "parquet":
             scan = f"SELECT file_row_number + 1 AS row, * EXCLUDE (file_row_number) FROM read_parquet({quoted}, file_row_number = true)"
         elif kind == "csv":
-            scan = f"SELECT row_number() OVER () AS row, * FROM read_csv({quoted}, all_varchar = true, header = true)"
+            scan = _csv_scan(path)
         else:
             scan = f"SELECT row_number() OVER () AS row, * FROM read_json({quoted}, format = 'newline_delimited', columns = {_JSON_FIELDS})"
         try:
             if kind == "jsonl":  # the keys the file has (from a sample), for the check below
-                described = f"DESCRIBE SELECT * FROM read_json({quoted}, format = 'newline_delimited')"
-                present = {name for name, *_ in con.execute(described).fetchall()}
+                present = _json_keys(con, path)
             con.execute(f"CREATE OR REPLACE TEMP VIEW src_raw AS {scan}")
             con.execute("SELECT * FROM src_raw LIMIT 0")
         except duckdb.Error as exc:
             raise read_error(path, exc) from None
     types = raw_types(con)
-    missing = [
-        n
-        for n in ("event_id", "event_type", "order_id", "customer_id", "occurred_at")
-        if n not in (types if present is None else present)
-    ]
-    if missing:
-        found = sorted(types if present is None else present)
-        raise EventReadError(f"{source}: missing required columns {missing}; found {found}")
+    if (error := _missing_columns(source, types if present is None else present)) is not None:
+        raise error
     kept = ', "amount" AS amount_raw' if keeps_raw_fields(types) else ""
     con.execute(f"CREATE OR REPLACE TEMP VIEW src AS SELECT {source_columns(types)}{kept} FROM src_raw")
 
@@ -164,7 +281,12 @@ def field_expr(name: str, column_type: str | None) -> str:
     if name == "occurred_at":
         if typed and column_type in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE"):
             parsed = f'epoch_us("{name}")'
-        elif typed and column_type.startswith("TIMESTAMP"):  # _NS, _MS, _S (pandas writes _NS)
+        elif typed and column_type.startswith("TIMESTAMP") and "_NS" in column_type:  # pandas writes _NS
+            # nanoseconds are cut off, not rounded: as text times beyond microseconds are
+            # (a cast rounds, and .0000009 s before as_of would land after it)
+            ns = f'epoch_ns("{name}")'
+            parsed = f"({ns} - ({ns} % 1000 + 1000) % 1000) // 1000"
+        elif typed and column_type.startswith("TIMESTAMP"):  # _MS, _S: exact in microseconds
             zoned = "TIME ZONE" in column_type or column_type.startswith("TIMESTAMPTZ")
             parsed = f'epoch_us(CAST("{name}" AS {"TIMESTAMPTZ" if zoned else "TIMESTAMP"}))'
         elif typed and column_type == "DATE":
@@ -191,3 +313,33 @@ def field_expr(name: str, column_type: str | None) -> str:
 
 
 # --- the SQL pipeline ---------------------------------------------------------------------------
+
+
+def read_events(path: str | Path) -> pd.DataFrame:
+    """An events file as the text of its nine fields, one row per input row, in file order.
+
+    The reader of the paths that validate row by row (the reference engine, ``ingest``,
+    ``explain``): the same scan as the batch path's ``register_source``, so every path
+    reads a file alike. Fields are text as written; a typed Parquet column becomes
+    DuckDB's text of its value (an integer id its digits, a timestamp with its offset, a
+    nanosecond one with all nine digits, NaN ``nan``), which validation parses like any
+    text. Missing columns are None.
+    """
+    path = Path(path)
+    con = connect()
+    try:
+        register_source(con, path)
+        types = raw_types(con)
+        fields = ", ".join(_raw_text(name, types.get(name)) for name in EVENT_FIELDS)
+        try:
+            return con.sql(f"SELECT {fields} FROM src_raw ORDER BY row").df()
+        except duckdb.Error as exc:  # a row that breaks the file's format
+            raise read_error(path, exc) from None
+    finally:
+        con.close()
+
+
+def _raw_text(name: str, column_type: str | None) -> str:
+    if column_type is None:
+        return f"CAST(NULL AS VARCHAR) AS {name}"
+    return f'"{name}" AS {name}' if column_type == "VARCHAR" else f'CAST("{name}" AS VARCHAR) AS {name}'
