@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import pandas as pd
 import pyarrow as pa
 
@@ -51,6 +52,7 @@ from tier_ml.batch import (
     field_expr,
     orders_sql,
     output_sql,
+    read_error,
     register_source,
     replay_stage,
     sql_literal,
@@ -159,6 +161,8 @@ def read_source(spark: SparkSession, source: str | Path | pd.DataFrame) -> DataF
         try:
             register_source(con, source)
             table = con.sql("SELECT * FROM src_raw").to_arrow_table()
+        except duckdb.Error as exc:  # a row that breaks the file's format (a frame is never one)
+            raise read_error(source, exc) from None
         finally:
             con.close()
         return _from_arrow(spark, table)
