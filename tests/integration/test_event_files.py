@@ -155,3 +155,10 @@ def test_a_nan_amount_is_not_a_number_on_every_engine(tmp_path: Path) -> None:
     _, rejects = classify_both(path)
     assert list(zip(rejects["row"], rejects["reason"], strict=True)) == [
         ("2", "unparseable_amount"), ("3", "missing_field")]
+
+
+def test_a_quote_inside_an_unquoted_field_is_text(tmp_path: Path) -> None:
+    """An odd count of quotes is not always a quote left open: here it is a literal one."""
+    path = _csv(tmp_path, f'{HEADER}\ne1,placed,o1,C1,2025-01-10,5,USD,web 5" tv,US\ne2,placed,o2,C2,2025-01-10,5,USD,web,US\n')
+    tiers, rejects = classify_both(path)
+    assert list(tiers["customer_id"]) == ["C1", "C2"] and rejects.empty

@@ -120,15 +120,18 @@ def _quote_count(path: Path) -> int:
 
 
 def _unclosed_quote_line(path: Path) -> int | None:
-    """The line where a quote opens that the file never closes (Python's strict reader)."""
+    """The line where a quote opens that the file never closes (Python's strict reader
+    stops there at the end of the file), or None (an odd quote was a literal one)."""
     with path.open("rb") as handle:
         reader = csv.reader(_text_lines(handle), strict=True)
         start = 1
         try:
             for _ in reader:
                 start = reader.line_num + 1
-        except (csv.Error, UnicodeDecodeError):
+        except csv.Error:
             return start
+        except UnicodeDecodeError:
+            return None  # not a quote: DuckDB's read names the line that is not UTF-8
     return None
 
 
