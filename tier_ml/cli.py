@@ -148,7 +148,11 @@ def classify(
     policy: PolicyOption = None,
     as_of: Annotated[
         str | None,
-        typer.Option("--as-of", help="Classify as of this instant (ISO 8601). Default: now."),
+        typer.Option(
+            "--as-of",
+            help="Classify as of this instant (ISO 8601; a date alone is its start, 00:00 UTC, "
+            "so that day's events are not yet counted). Default: now.",
+        ),
     ] = None,
     rejects: Annotated[
         Path | None,

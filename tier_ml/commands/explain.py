@@ -30,7 +30,11 @@ def explain_command(
     customer: Annotated[str, typer.Argument(help="The customer id.")],
     as_of: Annotated[
         str | None,
-        typer.Option("--as-of", help="Explain the tier at this instant (ISO 8601). Default: now."),
+        typer.Option(
+            "--as-of",
+            help="Explain the tier at this instant (ISO 8601; a date alone is its start, 00:00 UTC). "
+            "Default: now.",
+        ),
     ] = None,
     events: Annotated[
         Path | None,
