@@ -111,14 +111,20 @@ def _rows(ids: list[object]) -> list[dict[str, object]]:
             for i, customer in enumerate(ids)]
 
 
+def _parquet(tmp_path: Path, ids: list[object], column: str, values: pa.Array) -> Path:
+    """Rows of ``_rows(ids)`` as Parquet, with ``column`` typed as ``values``."""
+    table = pa.Table.from_pylist(_rows(ids))
+    path = tmp_path / "events.parquet"
+    pq.write_table(table.set_column(table.column_names.index(column), column, values), path)
+    return path
+
+
 def test_integer_ids_keep_their_digits_next_to_a_missing_one(tmp_path: Path) -> None:
     """Two ids a double cannot tell apart, and a null: read as floats, they became one customer."""
     ids: list[object] = [9007199254740993, 9007199254740992, None]
     jsonl = tmp_path / "events.jsonl"
     jsonl.write_text("".join(json.dumps(row) + "\n" for row in _rows(ids)))
-    parquet = tmp_path / "events.parquet"
-    table = pa.Table.from_pylist(_rows(ids))
-    pq.write_table(table.set_column(3, "customer_id", pa.array(ids, pa.int64())), parquet)
+    parquet = _parquet(tmp_path, ids, "customer_id", pa.array(ids, pa.int64()))
     for path in (jsonl, parquet):
         tiers, rejects = classify_both(path)
         assert list(tiers["customer_id"]) == ["9007199254740992", "9007199254740993"]
@@ -137,21 +143,15 @@ def test_a_bad_json_line_is_named_by_every_engine(tmp_path: Path) -> None:
 
 def test_nanoseconds_are_cut_off_like_text_times(tmp_path: Path) -> None:
     """An order 999 ns after the last whole microsecond before as_of is before as_of."""
-    rows = _rows(["A", "B"])
     times = pd.to_datetime(["2025-12-31T23:59:59.000000999Z", "2025-01-10T10:00:00.123456789Z"])
-    table = pa.Table.from_pylist(rows).set_column(4, "occurred_at", pa.array(times, pa.timestamp("ns", "UTC")))
-    path = tmp_path / "events.parquet"
-    pq.write_table(table, path)
+    path = _parquet(tmp_path, ["A", "B"], "occurred_at", pa.array(times, pa.timestamp("ns", "UTC")))
     tiers, _ = classify_both(path)
     assert list(zip(tiers["customer_id"], tiers["last_order_at"], strict=True)) == [
         ("A", "2025-12-31T23:59:59Z"), ("B", "2025-01-10T10:00:00.123456Z")]
 
 
 def test_a_nan_amount_is_not_a_number_on_every_engine(tmp_path: Path) -> None:
-    rows = _rows(["A", "B", "C"])
-    table = pa.Table.from_pylist(rows).set_column(5, "amount", pa.array([15000.0, float("nan"), None]))
-    path = tmp_path / "events.parquet"
-    pq.write_table(table, path)
+    path = _parquet(tmp_path, ["A", "B", "C"], "amount", pa.array([15000.0, float("nan"), None]))
     _, rejects = classify_both(path)
     assert list(zip(rejects["row"], rejects["reason"], strict=True)) == [
         ("2", "unparseable_amount"), ("3", "missing_field")]
