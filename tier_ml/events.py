@@ -422,8 +422,8 @@ def file_holds(path: Path, pattern: re.Pattern[bytes], longest: int) -> bool:
 def _lone_surrogate_line(path: Path) -> int | None:
     """The first line (1-based) of a JSON lines file holding an unpaired surrogate escape.
 
-    pandas' JSON reader drops such an escape without a word (``"c\\ud8006"`` became
-    ``"c6"``, another customer), and DuckDB refuses the file. The file is searched in
+    DuckDB refuses such a file without naming the line (and pandas' JSON reader dropped
+    the escape without a word: ``"c\\ud8006"`` became ``"c6"``, another customer). The file is searched in
     1 MiB pieces first; only a file with a surrogate escape is read line by line, where
     Python's ``json`` keeps a lone surrogate, which then cannot be encoded as UTF-8.
     """
@@ -440,6 +440,19 @@ def _lone_surrogate_line(path: Path) -> int | None:
             except ValueError:  # a malformed line: pandas names it
                 continue
     return None
+
+
+def read_events(path: str | Path) -> pd.DataFrame:
+    """Read an events file: its nine fields as the text written, one row per input row.
+
+    Every engine reads files with one reader, the batch path's DuckDB scan
+    (``tier_ml.batch.read_events``), so a file means the same rows to the reference
+    engine, ``ingest`` and ``explain`` as to ``classify``; it is loaded only when a file
+    is read. Missing columns are None; an unreadable file raises ``EventReadError``.
+    """
+    from tier_ml.batch.source import read_events as read_with_duckdb
+
+    return read_with_duckdb(path)
 
 
 def json_lines_fault(path: Path) -> str | None:

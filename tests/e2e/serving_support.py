@@ -28,8 +28,7 @@ ENV_KEYS = ";".join(
 
 def build_store(path: Path, events: Path) -> str:
     """A SQLite store with an events file applied as of ``AS_OF``; its URL."""
-    from tier_ml.batch import read_events
-    from tier_ml.events import frame_records
+    from tier_ml.events import frame_records, read_events
     from tier_ml.money import instant_to_micros
     from tier_ml.store.service import apply_events, open_store
 

@@ -8,9 +8,8 @@ import pandas as pd
 from click.testing import Result
 from typer.testing import CliRunner
 
-from tier_ml.batch import read_events
 from tier_ml.cli import app
-from tier_ml.events import frame_records, validate
+from tier_ml.events import frame_records, read_events, validate
 from tier_ml.policy import load_policy
 
 runner = CliRunner()

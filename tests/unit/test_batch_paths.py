@@ -26,11 +26,10 @@ from tier_ml.batch import (
     classify_to_files,
     pipeline,
     placements,
-    read_events,
     validation,
 )
 from tier_ml.batch.source import raw_types
-from tier_ml.events import parse_instant
+from tier_ml.events import parse_instant, read_events
 from tier_ml.money import instant_to_micros
 from tier_ml.policy import Policy, parse_policy
 from tier_ml.replay_kernel import replay_customers, replay_steady_customers

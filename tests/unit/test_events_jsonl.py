@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tier_ml.batch import classify_to_files, read_events
-from tier_ml.events import EventReadError, parse_instant
+from tier_ml.batch import classify_to_files
+from tier_ml.events import EventReadError, parse_instant, read_events
 from tier_ml.policy import load_policy
 
 AS_OF = parse_instant("2025-12-31T00:00:00Z")

@@ -7,8 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tier_ml.batch import read_events
-from tier_ml.events import OrderEvent, Validation, frame_records, validate
+from tier_ml.events import OrderEvent, Validation, frame_records, read_events, validate
 from tier_ml.importer import ExportError, ImportResult, import_export, write_import
 from tier_ml.policy import load_policy
 from tier_ml.simulate import SimulationConfig, simulate, write_simulation

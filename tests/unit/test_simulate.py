@@ -15,8 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from tier_ml import batch
-from tier_ml.batch import read_events
-from tier_ml.events import EVENT_FIELDS, frame_records, validate
+from tier_ml.events import EVENT_FIELDS, frame_records, read_events, validate
 from tier_ml.money import instant_to_micros
 from tier_ml.policy import load_policy
 from tier_ml.simulate import (

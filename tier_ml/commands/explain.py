@@ -88,9 +88,8 @@ def explain_command(
 
 
 def _from_events(customer: str, path: Path, policy: object, as_of_us: int) -> TierLedger:
-    from tier_ml.batch import read_events
     from tier_ml.cli import fail
-    from tier_ml.events import EventReadError
+    from tier_ml.events import EventReadError, read_events
     from tier_ml.ledger import LedgerError, customer_events, explain
 
     try:

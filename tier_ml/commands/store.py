@@ -194,8 +194,7 @@ def _read_rows(
     events: Path, channel: str | None, timezone: str, engine: Engine
 ) -> list[dict[str, Any]]:
     """Canonical raw rows from an events file, or from a channel's payload file via its adapter."""
-    from tier_ml.batch import read_events
-    from tier_ml.events import frame_records
+    from tier_ml.events import frame_records, read_events
 
     if channel is None:
         return frame_records(read_events(events))

@@ -14,8 +14,7 @@ import pandas as pd
 from sqlalchemy import func, select
 
 from tests.integration.store.support import simulated, snapshot
-from tier_ml.batch import read_events
-from tier_ml.events import frame_records, parse_instant
+from tier_ml.events import frame_records, parse_instant, read_events
 from tier_ml.store.db import READ_ONLY
 from tier_ml.store.repository import EVENTS
 from tier_ml.store.service import apply_events, open_store
