@@ -16,7 +16,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
@@ -407,15 +407,21 @@ def detect_format(path: str | Path) -> str:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
-def file_holds(path: Path, pattern: re.Pattern[bytes], longest: int) -> bool:
-    """Whether ``pattern`` (at most ``longest`` bytes) occurs in the file: read in 1 MiB
-    pieces, each searched with the end of the one before (a match may be cut in two)."""
+def file_pieces(path: Path) -> Iterator[bytes]:
+    """The file's bytes in 1 MiB pieces: searched without holding a large file in memory."""
     with path.open("rb") as handle:
-        tail = b""
         while piece := handle.read(1 << 20):
-            if pattern.search(tail + piece):
-                return True
-            tail = (tail + piece)[1 - longest :] if longest > 1 else b""
+            yield piece
+
+
+def file_holds(path: Path, pattern: re.Pattern[bytes], longest: int) -> bool:
+    """Whether ``pattern`` (at most ``longest`` bytes) occurs in the file: each piece is
+    searched with the end of the one before (a match may be cut in two)."""
+    tail = b""
+    for piece in file_pieces(path):
+        if pattern.search(tail + piece):
+            return True
+        tail = (tail + piece)[1 - longest :] if longest > 1 else b""
     return False
 
 

@@ -23,6 +23,7 @@ from tier_ml.events import (
     EventReadError,
     detect_format,
     file_holds,
+    file_pieces,
     is_frame,
     json_lines_fault,
 )
@@ -111,12 +112,8 @@ def _text_lines(handle: BinaryIO) -> Iterator[str]:
 
 
 def _quote_count(path: Path) -> int:
-    """How many double quotes the file holds (read in 1 MiB pieces)."""
-    count = 0
-    with path.open("rb") as handle:
-        while piece := handle.read(1 << 20):
-            count += piece.count(b'"')
-    return count
+    """How many double quotes the file holds."""
+    return sum(piece.count(b'"') for piece in file_pieces(path))
 
 
 def _unclosed_quote_line(path: Path) -> int | None:
