@@ -4,14 +4,17 @@ same rows), and its fast ledger reader gives the events ``check_row`` gives."""
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 
 from tests.eventgen import random_events, random_policy
-from tier_ml.events import OrderEvent, check_row, validate
+from tier_ml.events import OrderEvent, check_row, parse_instant, validate
 from tier_ml.store.intake import (
+    CLAIMING_REASONS,
     LedgerReader,
     PlacedOrder,
+    RawEvent,
     RowChecker,
     Status,
     admit,
@@ -56,6 +59,78 @@ def test_a_second_delivery_of_everything_is_duplicates_and_the_same_rejects(seed
             assert after.status == Status.REJECTED
         else:
             assert after.status == Status.DUPLICATE
+
+
+def _with_earlier_copies(rng: random.Random, rows: list[RawEvent]) -> list[RawEvent]:
+    """``rows`` plus, for a few of them, a copy (same ``event_id``) moved earlier: a refund
+    moved before its order is rejected, a placement moved earlier is the one kept."""
+    copies = []
+    for row in rng.sample(rows, k=min(len(rows), 6)):
+        at = parse_instant(row["occurred_at"])
+        if at is not None:
+            earlier = at - rng.choice([1, 30, 400]) * 86_400_000_000
+            copies.append({**row, "occurred_at": _iso_us(earlier)})
+    return rows + copies
+
+
+def _iso_us(at_us: int) -> str:
+    return datetime.fromtimestamp(at_us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_batches_of_one_instant_each_are_admitted_as_validate_splits_the_whole(seed: int) -> None:
+    """Delivered in time order, one batch per instant, the store keeps what ``validate`` keeps
+    of the whole: a copy rejected for its order still holds its ``event_id`` in later batches
+    (another copy is a ``conflicting_replay``), as the smallest copy holds it in ``validate``."""
+    rng = random.Random(seed)
+    policy = random_policy(rng)
+    rows = _with_earlier_copies(rng, [canonical_raw(r) for r in random_events(rng, customers=5)])
+    rng.shuffle(rows)
+    batches: dict[int, list[RawEvent]] = {}
+    for raw in rows:
+        event = check_row(raw, policy)
+        batches.setdefault(event.at_us if isinstance(event, OrderEvent) else 2**63, []).append(raw)
+
+    ledger: dict[str, RawEvent] = {}
+    orders: dict[str, PlacedOrder] = {}
+    claims: dict[str, RawEvent] = {}
+    rejected: list[str] = []
+    duplicates = 0
+    for _, batch in sorted(batches.items()):
+        admission = admit(batch, policy, ledger, orders, claims=claims)
+        for event, raw in admission.accepted:
+            ledger[event.event_id] = raw
+            if event.event_type == "placed":
+                orders[event.order_id] = PlacedOrder(event.customer_id, event.at_us, event.event_id)
+        for result in admission.results:
+            if result.status == Status.REJECTED:
+                rejected.append(str(result.reason))
+                if result.reason in CLAIMING_REASONS:
+                    claims.setdefault(str(result.event_id), batch[result.position])
+            duplicates += result.status == Status.DUPLICATE
+
+    validation = validate(rows, policy)
+    kept = {event.event_id: event for event in validation.events}
+    assert {i: check_row(raw, policy) for i, raw in ledger.items()} == kept
+    assert sorted(rejected) == sorted(str(r.reason) for r in validation.rejects)
+    assert duplicates == validation.replays
+
+
+def test_a_claim_the_policy_no_longer_reads_holds_nothing() -> None:
+    """A copy rejected for its order under an earlier policy, in a currency the active policy
+    has no rate for, would fail the row checks now: like such a row in ``validate``, it takes
+    no part, and a later copy with other content is admitted."""
+    policy = random_policy(random.Random(0))
+    placed = {"event_id": "p1", "event_type": "placed", "order_id": "o1", "customer_id": "c1",
+              "occurred_at": "2025-01-02T00:00:00Z", "amount": "150", "currency": "USD",
+              "channel": "web", "region": "US"}  # fmt: skip
+    refund = {**placed, "event_id": "r1", "event_type": "refunded", "amount": "20"}
+    orders = {"o1": PlacedOrder("c1", parse_instant(placed["occurred_at"]), "p1")}
+    for claim_currency, outcome in (("USD", "conflicting_replay"), ("JPY", None)):
+        claim = {**refund, "occurred_at": "2025-01-01T00:00:00Z", "currency": claim_currency}
+        later = {**refund, "occurred_at": "2025-01-03T00:00:00Z"}
+        (result,) = admit([later], policy, {"p1": placed}, orders, claims={"r1": claim}).results
+        assert result.reason == outcome
 
 
 @pytest.mark.parametrize("seed", range(20))

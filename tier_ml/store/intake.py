@@ -27,7 +27,10 @@ so the *first accepted* ``placed`` of an order wins even if a later delivery
 carries an earlier timestamp, and a refund delivered before its order is
 rejected as ``unknown_order``. Rejected events are not stored in the ledger
 (only in ``rejected_events`` for review), so redelivering such a refund after
-its order has arrived is accepted.
+its order has arrived is accepted. Such a copy, rejected for its order, still
+holds its ``event_id`` as ``validate`` would hold it (``CLAIMING_REASONS``): a
+later copy with other content is a ``conflicting_replay``, so a replay never
+undoes the rejection by arriving in another batch.
 """
 
 from __future__ import annotations
@@ -69,6 +72,13 @@ class StoreRejectReason(StrEnum):
 
 
 Reason = RejectReason | StoreRejectReason
+
+#: Rejects that still claim their ``event_id``: the copy passed the row checks and the
+#: replay check, so, as in ``validate``, it is the one copy of its id; a later copy with
+#: other content is a ``conflicting_replay``, an identical one is checked again.
+CLAIMING_REASONS = frozenset(
+    {RejectReason.DUPLICATE_ORDER, RejectReason.UNKNOWN_ORDER, RejectReason.CUSTOMER_MISMATCH}
+)
 Checked = OrderEvent | tuple[Reason, str]
 
 
@@ -302,13 +312,15 @@ def admit(
     ledger_events: Mapping[str, RawEvent],
     ledger_orders: Mapping[str, PlacedOrder],
     checked: Sequence[Checked] | None = None,
+    claims: Mapping[str, RawEvent] | None = None,
 ) -> Admission:
     """Decide every event of a batch, given the ledger rows it refers to.
 
     ``ledger_events``: stored raw rows by ``event_id`` (at least those of the
     batch's event ids); ``ledger_orders``: placed orders by ``order_id`` (at
     least those the batch names); ``checked``: ``check_row`` of every raw row,
-    when the caller has it already.
+    when the caller has it already; ``claims``: by ``event_id``, the first
+    earlier copy rejected for its order (a reason in ``CLAIMING_REASONS``).
     """
     results: dict[int, EventResult] = {}
     copies: dict[str, list[tuple[int, OrderEvent]]] = {}
@@ -327,11 +339,19 @@ def admit(
         if stored is not None:
             results.update(_against_ledger(group, stored, policy))
             continue
-        group.sort(key=lambda item: (content(item[1]), item[0]))
+        claimed = _claimed_content((claims or {}).get(event_id), policy)
+        if claimed is None:
+            group.sort(key=lambda item: (content(item[1]), item[0]))
+        else:  # a copy identical to the claim is its redelivery, checked again; others conflict
+            group.sort(key=lambda item: (content(item[1]) != claimed, item[0]))
         kept_position, kept = group[0]
-        candidates.append((kept_position, kept))
+        reference = content(kept) if claimed is None else claimed
+        if content(kept) == reference:
+            candidates.append((kept_position, kept))
+        else:
+            results[kept_position] = _replay_of(kept_position, kept, identical=False)
         for position, event in group[1:]:
-            results[position] = _replay_of(position, event, content(event) == content(kept))
+            results[position] = _replay_of(position, event, content(event) == reference)
 
     placed = dict(ledger_orders)
     candidates.sort(key=lambda item: (item[1].event_type != EventType.PLACED, *item[1].sort_key()))
@@ -375,6 +395,15 @@ def _against_ledger(
         position: _replay_of(position, event, content(event) == stored_content)
         for position, event in group
     }
+
+
+def _claimed_content(claim: RawEvent | None, policy: Policy) -> tuple[Any, ...] | None:
+    """The content an earlier rejected copy claims its ``event_id`` with; none when there is
+    no such copy or when it no longer passes the row checks (then it never took part)."""
+    if claim is None:
+        return None
+    event = check_row(claim, policy)
+    return content(event) if isinstance(event, OrderEvent) else None
 
 
 def _order_problem(

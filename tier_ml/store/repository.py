@@ -49,7 +49,7 @@ from tier_ml.rules import ReplayCheckpoint
 from tier_ml.store import adbc_reads
 from tier_ml.store.cache import CachedLedger, LedgerCache
 from tier_ml.store.evaluation import Override, TierState, Transition
-from tier_ml.store.intake import LedgerReader, PlacedOrder, RawEvent
+from tier_ml.store.intake import CLAIMING_REASONS, LedgerReader, PlacedOrder, RawEvent
 from tier_ml.store.models import (
     AuditRow,
     Customer,
@@ -208,6 +208,18 @@ class Repository:
         """Stored raw rows of the given event ids (those the ledger has)."""
         rows = self._rows_among("order_events", EVENT_FIELDS, "event_id", event_ids)
         return {row[0]: dict(zip(EVENT_FIELDS, row, strict=True)) for row in rows}
+
+    def rejected_claims(self, event_ids: Iterable[str]) -> dict[str, RawEvent]:
+        """Raw rows that claimed the given event ids although rejected: the first copy of each
+        rejected for its order (see ``intake.CLAIMING_REASONS``), earliest first."""
+        reasons = ", ".join(f"'{reason}'" for reason in sorted(CLAIMING_REASONS))
+        columns = ("id", "event_id", "raw")
+        condition = f"reason IN ({reasons})"
+        rows = self._rows_among("rejected_events", columns, "event_id", event_ids, condition)
+        claims: dict[str, RawEvent] = {}
+        for _, event_id, raw in sorted(rows):
+            claims.setdefault(event_id, json.loads(raw))
+        return claims
 
     def placed_orders(self, order_ids: Iterable[str]) -> dict[str, PlacedOrder]:
         columns = ("order_id", "customer_id", "placed_at_us", "placed_event_id")

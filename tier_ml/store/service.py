@@ -281,6 +281,7 @@ def apply_events(
             repo.ledger_events(e.event_id for e in good),
             repo.placed_orders(e.order_id for e in good),
             checked=checked,
+            claims=repo.rejected_claims(e.event_id for e in good),
         )
         repo.add_events(admission.accepted, now_us)
         repo.add_rejects(_rejects(admission.results, raws), now_us)

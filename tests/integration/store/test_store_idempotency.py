@@ -7,7 +7,13 @@ import random
 
 import pandas as pd
 
-from tests.integration.store.support import END_OF_SIMULATION, simulated, snapshot, stream
+from tests.integration.store.support import (
+    END_OF_SIMULATION,
+    assert_same_tiers,
+    simulated,
+    snapshot,
+    stream,
+)
 from tier_ml.batch import classify_frame
 from tier_ml.events import parse_instant
 from tier_ml.policy import load_policy
@@ -94,6 +100,33 @@ def test_a_refund_delivered_before_its_order_is_accepted_when_redelivered(engine
     assert service.export_tiers(engine, NOW)["qualifying_spend"].tolist() == [60.0]
 
 
+def test_a_copy_rejected_for_its_order_still_holds_its_event_id(engine) -> None:
+    """A refund delivered before its order is rejected; a later copy of its ``event_id`` with
+    other content is a conflicting replay, as in ``classify`` of the same events."""
+    refund = {**_placed("r1", "o1", "ann", "150"), "event_type": "refunded"}
+    rows = [
+        {**refund, "occurred_at": "2025-01-01T00:00:00Z"},
+        _placed("p1", "o1", "ann", "150", at="2025-01-02T00:00:00Z"),
+        {**refund, "occurred_at": "2025-01-03T00:00:00Z"},
+        {**refund, "occurred_at": "2025-01-01T00:00:00Z"},  # the first copy again
+    ]
+    outcomes = []
+    for day, row in enumerate(rows, start=1):  # one batch a day, the store's clock moving on
+        (result,) = service.apply_events(engine, [row], parse_instant(f"2025-01-0{day}")).results
+        outcomes.append((result.status, result.reason))
+    assert outcomes == [
+        (Status.REJECTED, "unknown_order"),
+        (Status.ACCEPTED, None),
+        (Status.REJECTED, "conflicting_replay"),
+        (Status.REJECTED, "unknown_order"),
+    ]
+    expected, rejects = classify_frame(load_policy(None), pd.DataFrame(rows), NOW)
+    assert sorted(rejects["reason"]) == ["conflicting_replay", "unknown_order"]  # one replay
+    tiers = service.export_tiers(engine, NOW)
+    assert tiers["qualifying_spend"].tolist() == [150.0]
+    assert_same_tiers(tiers, expected)
+
+
 def test_batch_order_does_not_matter(new_store_url) -> None:
     """The same events in another order, in one batch, give the same store as classify."""
     events, rows = simulated(200)
@@ -103,8 +136,6 @@ def test_batch_order_does_not_matter(new_store_url) -> None:
     try:
         service.apply_events(engine, shuffled, END_OF_SIMULATION)
         expected, _ = classify_frame(load_policy(None), events, END_OF_SIMULATION)
-        from tests.integration.store.support import assert_same_tiers
-
         assert_same_tiers(service.export_tiers(engine, END_OF_SIMULATION), expected)
     finally:
         engine.dispose()
