@@ -40,6 +40,27 @@ def test_classify_writes_tiers_and_rejects(tmp_path: Path) -> None:
     assert reference.read_bytes() == out.read_bytes()  # the same file, byte for byte
 
 
+def test_every_engine_writes_parquet_of_one_schema(tmp_path: Path) -> None:
+    """Money as decimal(18, 2) and instants as text, whichever engine wrote the file."""
+    import pyarrow.parquet as pq
+
+    from tier_ml.batch import TIERS_FILE_TYPES
+
+    events = _events_file(tmp_path)
+    tables = {}
+    for engine in ("duckdb", "reference"):
+        out = tmp_path / f"{engine}.parquet"
+        result = runner.invoke(app, ["classify", "--events", str(events), "--as-of", "2025-06-30",
+                                     "--out", str(out), "--engine", engine])
+        assert result.exit_code == 0, result.output
+        tables[engine] = pq.read_table(out)
+    fields = [(f.name, str(f.type)) for f in tables["duckdb"].schema]
+    assert [name for name, _ in fields] == list(TIERS_FILE_TYPES)
+    assert dict(fields)["qualifying_spend"] == "decimal128(18, 2)"
+    assert [(f.name, str(f.type)) for f in tables["reference"].schema] == fields
+    assert tables["reference"].to_pylist() == tables["duckdb"].to_pylist()
+
+
 def test_csv_parquet_and_jsonl_inputs_give_the_same_files(tmp_path: Path) -> None:
     """The same rows as CSV, Parquet (text) and JSON lines: tiers and rejects byte for byte.
 

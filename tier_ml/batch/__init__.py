@@ -32,7 +32,7 @@ engine's interface; everything else in the package may change.
 
 from tier_ml.batch.ledger import REPLAY_CONTENT
 from tier_ml.batch.orders import orders_sql
-from tier_ml.batch.output import output_sql
+from tier_ml.batch.output import TIERS_FILE_TYPES, output_sql
 from tier_ml.batch.pipeline import (
     PIPELINE_STAGES,
     REJECT_COLUMNS,
@@ -44,6 +44,7 @@ from tier_ml.batch.pipeline import (
     run_pipeline,
     summarize,
     write_table,
+    write_tiers_frame,
 )
 from tier_ml.batch.placements import PlacementsHook, SortedPlacements, customer_key_sql
 from tier_ml.batch.replay import replay_stage
@@ -71,6 +72,7 @@ __all__ = [
     "REFUNDED",
     "REJECT_COLUMNS",
     "REPLAY_CONTENT",
+    "TIERS_FILE_TYPES",
     "BatchSummary",
     "PlacementsHook",
     "SortedPlacements",
@@ -94,4 +96,5 @@ __all__ = [
     "stateless_sql",
     "summarize",
     "write_table",
+    "write_tiers_frame",
 ]

@@ -1,9 +1,35 @@
-"""The ``output`` stage: view ``tiers_out``, the file's columns from ``customer_state``."""
+"""The ``output`` stage: view ``tiers_out``, the file's columns from ``customer_state``; and the
+tiers file's types, shared by every path that writes one."""
 
 from __future__ import annotations
 
 from tier_ml.batch.source import sql_literal
 from tier_ml.policy import Policy
+
+#: The tiers file's columns and types on every path that writes one (``classify`` on each
+#: engine, ``tiers export``): money as DECIMAL(18, 2), instants as ISO 8601 text.
+TIERS_FILE_TYPES = {
+    "customer_id": "VARCHAR",
+    "tier": "VARCHAR",
+    "qualifying_spend": "DECIMAL(18, 2)",
+    "pending_spend": "DECIMAL(18, 2)",
+    "eligible_tier": "VARCHAR",
+    "tier_since": "VARCHAR",
+    "qualifying_orders": "BIGINT",
+    "next_tier": "VARCHAR",
+    "spend_to_next_tier": "DECIMAL(18, 2)",
+    "region": "VARCHAR",
+    "last_order_at": "VARCHAR",
+    "grace_ends_at": "VARCHAR",
+    "next_change_at": "VARCHAR",
+    "tier_changes": "BIGINT",
+}
+
+
+def typed_tiers_sql(relation: str) -> str:
+    """SELECT the tiers file's columns from ``relation`` cast to ``TIERS_FILE_TYPES``."""
+    columns = ", ".join(f"CAST({name} AS {kind}) AS {name}" for name, kind in TIERS_FILE_TYPES.items())
+    return f"SELECT {columns} FROM {relation}"
 
 
 def _threshold_case(policy: Policy, tier_expr: str, region_expr: str) -> str:

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from tier_ml.batch.ledger import ledger_stage
 from tier_ml.batch.orders import orders_sql
-from tier_ml.batch.output import output_sql
+from tier_ml.batch.output import output_sql, typed_tiers_sql
 from tier_ml.batch.placements import PlacementsHook
 from tier_ml.batch.rejects import rejects_sql
 from tier_ml.batch.replay import replay_stage
@@ -165,17 +165,15 @@ def classify_reference_to_files(
     """The same job on the reference path (plain Python): for checking and debugging."""
     frame = read_events(source)
     result = classify(policy, frame_records(frame), as_of_us)
-    con = connect()
-    try:
-        con.register("tiers_frame", _as_text_columns(result.frame()))
-        con.execute("CREATE TEMP TABLE tiers_out AS SELECT * FROM tiers_frame")
-        write_table(con, "tiers_out", out)
-        if rejects_out is not None:
+    write_tiers_frame(result.frame(), out)
+    if rejects_out is not None:
+        con = connect()
+        try:
             con.register("rejects_frame", rejects_frame(result.rejects))
             con.execute("CREATE TEMP TABLE rejects AS SELECT * FROM rejects_frame")
             write_table(con, "rejects", rejects_out)
-    finally:
-        con.close()
+        finally:
+            con.close()
     counts = {name: 0 for name in policy.tier_names}
     for state in result.tiers.values():
         counts[policy.tier_names[state.tier]] += 1
@@ -185,13 +183,27 @@ def classify_reference_to_files(
     return BatchSummary(len(frame), dict(sorted(by_reason.items())), result.replays, counts)
 
 
+def write_tiers_frame(frame: pd.DataFrame, out: Path) -> None:
+    """Write a tiers frame (money in whole cents, instants as timestamps or ISO text) exactly as
+    the batch path writes its tiers file: CSV or Parquet, typed by ``TIERS_FILE_TYPES``."""
+    con = connect()
+    try:
+        con.register("tiers_frame", _as_text_columns(frame))
+        con.execute(f"CREATE TEMP VIEW tiers_typed AS {typed_tiers_sql('tiers_frame')}")
+        write_table(con, "tiers_typed", out)
+    finally:
+        con.close()
+
+
 def _as_text_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """Instants as ISO 8601 text with Z, money with two decimals: the batch path's file format."""
     import pandas as pd
 
     frame = frame.copy()
     for name in ("tier_since", "last_order_at", "grace_ends_at", "next_change_at"):
-        frame[name] = frame[name].map(lambda v: None if v is None or pd.isna(v) else _iso(v))
+        frame[name] = frame[name].map(
+            lambda v: None if v is None or pd.isna(v) else v if isinstance(v, str) else _iso(v)
+        )
     for name in ("qualifying_spend", "pending_spend", "spend_to_next_tier"):
         frame[name] = frame[name].map(lambda v: None if v is None or pd.isna(v) else f"{v:.2f}")
     return frame

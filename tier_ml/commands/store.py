@@ -414,7 +414,7 @@ def worker(
 @tiers_app.command("export")
 def tiers_export(
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Tiers file to write (.csv or .parquet).")
+        Path, typer.Option("--out", "-o", help="Tiers file to write (.csv, .parquet or .jsonl).")
     ] = Path("tiers.csv"),
     now: NowOption = None,
     db: DbOption = None,
@@ -432,7 +432,13 @@ def tiers_export(
     engine = _open(db)
     with _store_errors():
         frame = export_tiers(engine, now_us)
-    _write_frame(frame, out, _format_of(out, None))
+    fmt = _format_of(out, None)
+    if fmt == "jsonl":
+        _write_frame(frame, out, fmt)
+    else:  # the file `classify` writes, types included (money as decimal(18, 2))
+        from tier_ml.batch import write_tiers_frame
+
+        write_tiers_frame(frame, out)
     counts = frame["tier"].value_counts().to_dict()
     summary = ", ".join(f"{tier} {count:,}" for tier, count in counts.items())
     _console().print(f"wrote {len(frame):,} customers to {out} ({summary})", highlight=False)
