@@ -345,7 +345,7 @@ def _replayed_states(
 ) -> list[tuple[Any, ...]]:
     """The reference rules engine's state at ``as_of_us`` for customers without a current one
     (``ledger``: their rows of ``tier_ml.store.repository.LEDGER_COLUMNS``)."""
-    from tier_ml.store.intake import LedgerReader
+    from tier_ml.store.intake import LedgerReader, without_orphans
 
     reader = LedgerReader(policy)
     events: dict[str, list[Any]] = {c: [] for c in customer_ids}
@@ -356,7 +356,7 @@ def _replayed_states(
                 events[row[3]].append(event)
     out = []
     for customer_id in sorted(customer_ids):
-        state = replay(policy, customer_id, events[customer_id], as_of_us)
+        state = replay(policy, customer_id, without_orphans(events[customer_id]), as_of_us)
         if state is not None:
             out.append(
                 (

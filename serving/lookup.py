@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from tier_ml.policy import Policy
 from tier_ml.rules import build_orders, pending_at
 from tier_ml.store.evaluation import Override, TierState
-from tier_ml.store.intake import LedgerReader
+from tier_ml.store.intake import LedgerReader, without_orphans
 from tier_ml.store.repository import LEDGER_COLUMNS, STATE_FIELDS
 from tier_ml.store.views import (
     CustomerView,
@@ -107,7 +107,7 @@ def _pending_orders(
     ``customer_view`` finds them: the ledger rows read as engine events under the policy."""
     reader = LedgerReader(policy)
     at_us = state.evaluated_at_us
-    events = [event for entry in ledger if (event := reader.event(*entry)) is not None]
+    events = without_orphans([e for entry in ledger if (e := reader.event(*entry)) is not None])
     pending = []
     for order in build_orders([e for e in events if e.at_us <= at_us]):
         value = pending_at(order, policy, at_us)

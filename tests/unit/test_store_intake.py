@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.eventgen import random_events, random_policy
-from tier_ml.events import OrderEvent, check_row, parse_instant, validate
+from tier_ml.events import OrderEvent, check_row, content, parse_instant, validate
 from tier_ml.store.intake import (
     CLAIMING_REASONS,
     LedgerReader,
@@ -77,26 +77,51 @@ def _iso_us(at_us: int) -> str:
     return datetime.fromtimestamp(at_us / 1_000_000, UTC).isoformat().replace("+00:00", "Z")
 
 
+def _one_by_one(batch: list[RawEvent], policy) -> list[list[RawEvent]]:
+    """The rows of one instant as batches of one, in the order ``validate`` decides them:
+    the copies of an ``event_id`` together, smallest content first; placements first."""
+    groups: dict[str, list[tuple[tuple, RawEvent]]] = {}
+    for raw in batch:
+        event = check_row(raw, policy)
+        if isinstance(event, OrderEvent):
+            groups.setdefault(event.event_id, []).append((content(event), raw))
+    ordered = sorted(
+        (sorted(group, key=lambda item: item[0]) for group in groups.values()),
+        key=lambda group: (group[0][0][1] != "placed", check_row(group[0][1], policy).event_id),
+    )
+    return [[raw] for group in ordered for _, raw in group]
+
+
+@pytest.mark.parametrize("one_by_one", [False, True], ids=["instants", "events"])
 @pytest.mark.parametrize("seed", range(30))
-def test_batches_of_one_instant_each_are_admitted_as_validate_splits_the_whole(seed: int) -> None:
-    """Delivered in time order, one batch per instant, the store keeps what ``validate`` keeps
-    of the whole: a copy rejected for its order still holds its ``event_id`` in later batches
-    (another copy is a ``conflicting_replay``), as the smallest copy holds it in ``validate``."""
+def test_events_delivered_in_time_order_are_admitted_as_validate_splits_the_whole(
+    seed: int, one_by_one: bool
+) -> None:
+    """Delivered in time order, one batch per instant or per event, the store keeps what
+    ``validate`` keeps of the whole, with the same rejects and replays: a copy rejected for
+    its order still holds its ``event_id`` in later batches (another copy is a
+    ``conflicting_replay``, an identical one a replay), as the smallest copy does in
+    ``validate``."""
     rng = random.Random(seed)
     policy = random_policy(rng)
     rows = _with_earlier_copies(rng, [canonical_raw(r) for r in random_events(rng, customers=5)])
     rng.shuffle(rows)
-    batches: dict[int, list[RawEvent]] = {}
+    instants: dict[int, list[RawEvent]] = {}
     for raw in rows:
         event = check_row(raw, policy)
-        batches.setdefault(event.at_us if isinstance(event, OrderEvent) else 2**63, []).append(raw)
+        instants.setdefault(event.at_us if isinstance(event, OrderEvent) else 2**63, []).append(raw)
+    batches = [
+        part
+        for at, batch in sorted(instants.items())
+        for part in (_one_by_one(batch, policy) if one_by_one and at < 2**63 else [batch])
+    ]
 
     ledger: dict[str, RawEvent] = {}
     orders: dict[str, PlacedOrder] = {}
     claims: dict[str, RawEvent] = {}
     rejected: list[str] = []
     duplicates = 0
-    for _, batch in sorted(batches.items()):
+    for batch in batches:
         admission = admit(batch, policy, ledger, orders, claims=claims)
         for event, raw in admission.accepted:
             ledger[event.event_id] = raw

@@ -30,7 +30,8 @@ rejected as ``unknown_order``. Rejected events are not stored in the ledger
 its order has arrived is accepted. Such a copy, rejected for its order, still
 holds its ``event_id`` as ``validate`` would hold it (``CLAIMING_REASONS``): a
 later copy with other content is a ``conflicting_replay``, so a replay never
-undoes the rejection by arriving in another batch.
+undoes the rejection by arriving in another batch; an identical copy still
+rejected is a ``duplicate`` (the event is rejected once, as in ``validate``).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ Reason = RejectReason | StoreRejectReason
 
 #: Rejects that still claim their ``event_id``: the copy passed the row checks and the
 #: replay check, so, as in ``validate``, it is the one copy of its id; a later copy with
-#: other content is a ``conflicting_replay``, an identical one is checked again.
+#: other content is a ``conflicting_replay``, an identical one is checked again (accepted
+#: if its order has arrived since, else a ``duplicate``: the event was rejected once).
 CLAIMING_REASONS = frozenset(
     {RejectReason.DUPLICATE_ORDER, RejectReason.UNKNOWN_ORDER, RejectReason.CUSTOMER_MISMATCH}
 )
@@ -155,6 +157,18 @@ def _as_text(value: Any) -> str | None:
 
 
 _EVENT_TYPES = {str(kind): kind for kind in EventType}
+
+
+def without_orphans(events: list[OrderEvent]) -> list[OrderEvent]:
+    """One customer's ledger events without refunds and cancels whose placement is not among them.
+
+    The ledger accepts an adjustment only after its order's placement, so one is orphaned
+    only when a later policy version cannot read that placement (a currency whose rate it
+    dropped). ``validate`` rejects such an adjustment (``unknown_order``); every reader of
+    the ledger leaves it out the same way.
+    """
+    placed = {e.order_id for e in events if e.event_type == EventType.PLACED}
+    return [e for e in events if e.event_type == EventType.PLACED or e.order_id in placed]
 
 
 class LedgerReader:
@@ -334,6 +348,7 @@ def admit(
             results[position] = _rejected(position, raw, reason, detail)
 
     candidates: list[tuple[int, OrderEvent]] = []
+    redelivered: set[int] = set()  # candidates identical to a claim: checked again
     for event_id, group in copies.items():
         stored = ledger_events.get(event_id)
         if stored is not None:
@@ -348,6 +363,8 @@ def admit(
         reference = content(kept) if claimed is None else claimed
         if content(kept) == reference:
             candidates.append((kept_position, kept))
+            if claimed is not None:
+                redelivered.add(kept_position)
         else:
             results[kept_position] = _replay_of(kept_position, kept, identical=False)
         for position, event in group[1:]:
@@ -363,6 +380,9 @@ def admit(
                 placed[event.order_id] = PlacedOrder(event.customer_id, event.at_us, event.event_id)
             accepted.append((event, raws[position]))
             results[position] = EventResult(position, event.event_id, Status.ACCEPTED)
+        elif position in redelivered:  # rejected once already: this copy is a replay of it
+            detail = f"replay of an event already rejected ({problem[0]}: {problem[1]})"
+            results[position] = EventResult(position, event.event_id, Status.DUPLICATE, None, detail)
         else:
             reason, detail = problem
             results[position] = EventResult(

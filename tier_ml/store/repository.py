@@ -49,7 +49,13 @@ from tier_ml.rules import ReplayCheckpoint
 from tier_ml.store import adbc_reads
 from tier_ml.store.cache import CachedLedger, LedgerCache
 from tier_ml.store.evaluation import Override, TierState, Transition
-from tier_ml.store.intake import CLAIMING_REASONS, LedgerReader, PlacedOrder, RawEvent
+from tier_ml.store.intake import (
+    CLAIMING_REASONS,
+    LedgerReader,
+    PlacedOrder,
+    RawEvent,
+    without_orphans,
+)
 from tier_ml.store.models import (
     AuditRow,
     Customer,
@@ -298,6 +304,9 @@ class Repository:
             event = reader.event(*row[1:])
             if event is not None:
                 events[customer_id].append(event)
+        for customer_id, found in events.items():
+            if len(found) < sizes[customer_id]:  # a row the policy cannot read may orphan others
+                events[customer_id] = without_orphans(found)
         if self.cache is not None:
             for customer_id in customer_ids:
                 self.staged[customer_id] = CachedLedger(

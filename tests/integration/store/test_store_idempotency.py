@@ -102,7 +102,8 @@ def test_a_refund_delivered_before_its_order_is_accepted_when_redelivered(engine
 
 def test_a_copy_rejected_for_its_order_still_holds_its_event_id(engine) -> None:
     """A refund delivered before its order is rejected; a later copy of its ``event_id`` with
-    other content is a conflicting replay, as in ``classify`` of the same events."""
+    other content is a conflicting replay, and the same copy again a replay, as in ``classify``
+    of the same events."""
     refund = {**_placed("r1", "o1", "ann", "150"), "event_type": "refunded"}
     rows = [
         {**refund, "occurred_at": "2025-01-01T00:00:00Z"},
@@ -118,7 +119,7 @@ def test_a_copy_rejected_for_its_order_still_holds_its_event_id(engine) -> None:
         (Status.REJECTED, "unknown_order"),
         (Status.ACCEPTED, None),
         (Status.REJECTED, "conflicting_replay"),
-        (Status.REJECTED, "unknown_order"),
+        (Status.DUPLICATE, None),  # the rejected event again: rejected once, as in classify
     ]
     expected, rejects = classify_frame(load_policy(None), pd.DataFrame(rows), NOW)
     assert sorted(rejects["reason"]) == ["conflicting_replay", "unknown_order"]  # one replay

@@ -151,3 +151,52 @@ def test_a_store_without_customers_takes_a_policy_and_exports_nothing(engine) ->
     applied = service.apply_policy(engine, NEW_POLICY, "bob", LATER)
     assert applied.version == 2 and applied.states_written == 0
     assert service.export_tiers(engine).empty
+
+
+def test_a_version_without_a_currency_leaves_out_its_orders_and_their_refunds(engine) -> None:
+    """A version that drops a currency no longer reads the ledger's orders in it, nor their
+    refunds and cancels (``unknown_currency`` and ``unknown_order`` in ``classify``); every
+    other order of the same customers still counts, on every path that reads the ledger."""
+    from features import build_features, store_batch_features
+    from serving.lookup import read_customer
+    from tests.unit.test_features import assert_same_features
+    from tier_ml.events import parse_instant
+    from tier_ml.store.views import customer_view
+
+    first = {"base_currency": "USD", "fx_rates": {"EUR": 1.1, "JPY": 0.0067}, "buffer_days": 7,
+             "downgrade_grace_days": 0, "tiers": [{"name": "Base"}, {"name": "Silver", "min_spend": 50}]}  # fmt: skip
+    without_yen = parse_policy({**first, "fx_rates": {"EUR": 1.1}})
+
+    def event(event_id, kind, order, customer, day, amount="", currency=""):
+        return {"event_id": event_id, "event_type": kind, "order_id": order, "customer_id": customer,
+                "occurred_at": f"2024-01-{day:02d}T00:00:00Z", "amount": amount, "currency": currency,
+                "channel": "web", "region": ""}  # fmt: skip
+
+    def at(day: int) -> int:
+        return parse_instant(f"2024-01-{day:02d}")
+
+    before = [
+        event("e1", "placed", "o1", "c1", 1, "10000", "JPY"),
+        event("e2", "refunded", "o1", "c1", 2, "5", "USD"),
+        event("e7", "cancelled", "o1", "c1", 3),
+        event("e3", "placed", "o3", "c1", 1, "100", "USD"),
+        event("e4", "refunded", "o3", "c1", 2, "10", "USD"),
+        event("e5", "placed", "o5", "c2", 1, "100", "USD"),
+    ]
+    service.apply_events(engine, before, at(3), parse_policy(first))
+    service.apply_policy(engine, without_yen, "bob", at(4))
+    after = [event("e6", "placed", "o6", "c1", 5, "70", "USD")]  # evaluates c1 under the new version
+    assert service.apply_events(engine, after, at(5)).counts["accepted"] == 1
+    service.sweep(engine, at(10))
+
+    expected, rejects = classify_frame(without_yen, pd.DataFrame(before + after), at(10))
+    assert sorted(rejects["reason"]) == ["unknown_currency", "unknown_order", "unknown_order"]
+    assert_same_tiers(service.export_tiers(engine, at(10)), expected)
+    view = customer_view(engine, "c1", at(10))
+    assert [order.order_id for order in view.pending_orders] == ["o6"]
+    assert read_customer(engine, "c1", at(10)) == view
+    for day in (10, 6):  # the store's states, then states replayed for an earlier instant
+        assert_same_features(
+            build_features(pd.DataFrame(before + after), without_yen, at(day)),
+            store_batch_features(engine, ["c1", "c2"], without_yen, at(day)),
+        )
