@@ -610,6 +610,12 @@ def _print_preview(preview: Any, dry_run: bool) -> None:
         f"{100 * preview.downgrade_revenue_us / max(preview.revenue_us, 1):.1f}% down)",
         highlight=False,
     )
+    if preview.leaving:
+        console.print(
+            f"{preview.leaving:,} members {'would leave' if dry_run else 'left'} the programme: "
+            "the new policy reads none of their orders (no fx rate for their currency)",
+            highlight=False,
+        )
     if preview.grandfather_until_us is not None:
         console.print(
             f"grandfathering until {iso_instant(preview.grandfather_until_us)}: "

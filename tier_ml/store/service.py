@@ -163,6 +163,7 @@ class PolicyPreview:
     grandfather_until_us: int | None = None
     grandfathered: int = 0  # current members covered by a floor
     held: int = 0  # customers the floor keeps above the new rules right away
+    leaving: int = 0  # members with no order the new policy can read (none of its currencies)
 
     @property
     def revenue_share(self) -> float:
@@ -205,6 +206,7 @@ class PolicyPreview:
             else iso_instant(self.grandfather_until_us),
             "grandfathered": self.grandfathered,
             "held": self.held,
+            "leaving": self.leaving,
             "sample": _nulls_as_none(sample).to_dict("records"),
         }
 
@@ -897,6 +899,7 @@ class _PolicyPlan:
             grandfather_until_us=self.grandfather_until_us,
             grandfathered=len(self.new_floors),
             held=len(held),
+            leaving=int(((old != NO_TIER) & (plain == NO_TIER)).sum()),
         )
 
     def result(self) -> PolicyApplyResult:

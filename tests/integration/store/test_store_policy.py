@@ -182,15 +182,19 @@ def test_a_version_without_a_currency_leaves_out_its_orders_and_their_refunds(en
         event("e3", "placed", "o3", "c1", 1, "100", "USD"),
         event("e4", "refunded", "o3", "c1", 2, "10", "USD"),
         event("e5", "placed", "o5", "c2", 1, "100", "USD"),
+        event("e8", "placed", "o8", "c3", 1, "9000", "JPY"),  # c3 has no other order
     ]
     service.apply_events(engine, before, at(3), parse_policy(first))
-    service.apply_policy(engine, without_yen, "bob", at(4))
+    applied = service.apply_policy(engine, without_yen, "bob", at(4))
+    assert applied.preview is not None and applied.preview.leaving == 1
     after = [event("e6", "placed", "o6", "c1", 5, "70", "USD")]  # evaluates c1 under the new version
     assert service.apply_events(engine, after, at(5)).counts["accepted"] == 1
     service.sweep(engine, at(10))
 
     expected, rejects = classify_frame(without_yen, pd.DataFrame(before + after), at(10))
-    assert sorted(rejects["reason"]) == ["unknown_currency", "unknown_order", "unknown_order"]
+    assert sorted(rejects["reason"]) == [
+        "unknown_currency", "unknown_currency", "unknown_order", "unknown_order"
+    ]  # fmt: skip
     assert_same_tiers(service.export_tiers(engine, at(10)), expected)
     view = customer_view(engine, "c1", at(10))
     assert [order.order_id for order in view.pending_orders] == ["o6"]
