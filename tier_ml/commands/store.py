@@ -51,6 +51,7 @@ tiers_app = typer.Typer(help="Customers' current tiers.", no_args_is_help=True)
 policy_app = typer.Typer(help="Policy versions of the store.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log of tier changes.", no_args_is_help=True)
 override_app = typer.Typer(help="Manual tier overrides.", no_args_is_help=True)
+rejects_app = typer.Typer(help="Events the store rejected, with the reasons.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -62,6 +63,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(policy_app, name="policy")
     app.add_typer(audit_app, name="audit")
     app.add_typer(override_app, name="override")
+    app.add_typer(rejects_app, name="rejects")
 
 
 # --- shared plumbing ---------------------------------------------------------------------------
@@ -659,6 +661,58 @@ def policy_show(db: DbOption = None) -> None:
     console.print(table)
     console.print(f"active: version {active.version}", highlight=False)
     typer.echo(yaml.safe_dump(active.policy.rules_dict(), sort_keys=False))
+
+
+# --- rejects -------------------------------------------------------------------------------------
+
+
+@rejects_app.command("export")
+def rejects_export(
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Events received at or after this instant (ISO 8601)."),
+    ] = None,
+    reason: Annotated[
+        list[str] | None,
+        typer.Option("--reason", help="Only this reject reason (repeat for several)."),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="csv, jsonl or parquet (default: from --out, else csv)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="File to write (default: stdout).")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Export the events the store rejected: when each arrived, the reason and its detail,
+    then the nine event fields as delivered.
+
+    JSON lines and Parquet keep every field exactly, so the file can be given to
+    `tier-ml ingest` again once the cause is fixed (for example a currency added with
+    `tier-ml policy apply`). CSV is for people: text a spreadsheet would run as a
+    formula starts with a quote.
+    """
+    from tier_ml.events import RejectReason
+    from tier_ml.spreadsheet import spreadsheet_safe
+    from tier_ml.store.intake import StoreRejectReason
+    from tier_ml.store.service import export_rejects
+
+    known = sorted({str(r) for r in RejectReason} | {str(r) for r in StoreRejectReason})
+    for name in reason or []:
+        if name not in known:
+            raise _fail(f"--reason {name!r} is not a reject reason; one of: {', '.join(known)}")
+    since_us = _instant(since, "--since")
+    fmt = _format_of(out, fmt)
+    _check_output(out, "--out")
+    engine = _open(db)
+    with _store_errors():
+        frame = export_rejects(engine, since_us, reason or ())
+    _write_frame(spreadsheet_safe(frame) if fmt == "csv" else frame, out, fmt)
+    if out is not None and str(out) != "-":
+        counts = frame["reason"].value_counts().sort_index().to_dict()
+        summary = ", ".join(f"{name} {count:,}" for name, count in counts.items())
+        _console().print(f"wrote {len(frame):,} rejected events to {out} ({summary or 'none'})", highlight=False)
 
 
 # --- audit ---------------------------------------------------------------------------------------

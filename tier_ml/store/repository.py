@@ -558,6 +558,15 @@ class Repository:
             query = query.where(AUDIT.c.recorded_at_us >= since_us)
         return self._frame(query, AUDIT.columns.keys())
 
+    def rejects_frame(self, since_us: int | None = None, reasons: Sequence[str] = ()) -> pd.DataFrame:
+        """Rejected events in the order they were received (``raw``: their fields as JSON)."""
+        query = select(REJECTS).order_by(REJECTS.c.id)
+        if since_us is not None:
+            query = query.where(REJECTS.c.received_at_us >= since_us)
+        if reasons:
+            query = query.where(REJECTS.c.reason.in_(list(reasons)))
+        return self._frame(query, REJECTS.columns.keys())
+
     def outbox_frame(self) -> pd.DataFrame:
         return self._frame(select(OUTBOX).order_by(OUTBOX.c.id), OUTBOX.columns.keys())
 

@@ -756,6 +756,26 @@ def export_audit(engine: Engine, since_us: int | None = None) -> pd.DataFrame:
     return _nulls_as_none(frame[list(AUDIT_COLUMNS)].reset_index(drop=True))
 
 
+REJECT_EXPORT_COLUMNS = ("received_at", "reason", "detail", *EVENT_FIELDS)
+
+
+def export_rejects(
+    engine: Engine, since_us: int | None = None, reasons: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Rejected events received at or after ``since_us`` (with one of ``reasons``, when given),
+    in the order they arrived: why, then the nine event fields as delivered, so that a file
+    of them can be ingested again once the cause is fixed (a currency added to the policy)."""
+    frame = run_in_transaction(
+        engine, lambda uow: uow.repo.rejects_frame(since_us, reasons), read_only=True
+    )
+    fields = pd.DataFrame(
+        [json.loads(raw) for raw in frame["raw"]], columns=list(EVENT_FIELDS), dtype=object
+    )
+    frame = pd.concat([frame.drop(columns=["event_id"]).reset_index(drop=True), fields], axis=1)
+    frame["received_at"] = iso_instants(frame["received_at_us"])
+    return _nulls_as_none(frame[list(REJECT_EXPORT_COLUMNS)])
+
+
 def _nulls_as_none(frame: pd.DataFrame) -> pd.DataFrame:
     """Missing values as None (text columns stay text, integer columns stay integers)."""
     return frame.astype(object).where(frame.notna(), None)

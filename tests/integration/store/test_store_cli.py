@@ -317,3 +317,44 @@ def test_a_csv_field_holding_nul_is_rejected_whole_not_cut(store_url: str, tmp_p
     out = tmp_path / "tiers.csv"
     assert run("tiers", "export", "--now", NOW, "--out", str(out), "--db", store_url).exit_code == 0
     assert list(pd.read_csv(out)["customer_id"]) == ["C3"]  # and no customer "C"
+
+
+def test_rejected_events_are_exported_and_can_be_ingested_again(store_url: str, tmp_path: Path) -> None:
+    """Orders in a currency the policy had no rate for: exported with their reason, ingested
+    again after a version adds the rate, the store equals `classify` under that version."""
+    import yaml
+
+    rules = {"base_currency": "USD", "fx_rates": {"EUR": 1.1}, "buffer_days": 0,
+             "downgrade_grace_days": 0, "tiers": [{"name": "Base"}, {"name": "Silver", "min_spend": 50}]}  # fmt: skip
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(yaml.safe_dump(rules))
+    second.write_text(yaml.safe_dump({**rules, "fx_rates": {"EUR": 1.1, "JPY": 0.0067}}))
+    events = tmp_path / "events.csv"
+    events.write_text(
+        "event_id,event_type,order_id,customer_id,occurred_at,amount,currency,channel,region\n"
+        "e1,placed,o1,c1,2025-01-01T00:00:00Z,10,USD,web,=HYPERLINK(1)\n"
+        "e2,placed,o2,c1,2025-01-02T00:00:00Z,10000,JPY,web,=HYPERLINK(1)\n"
+        "e3,placed,o3,c2,2025-01-02T00:00:00Z,9000,jpy,pos,\n"
+        "e4,placed,o4,c2,2025-01-03T00:00:00Z,-5,USD,pos,\n"
+    )
+    db = ["--db", store_url]
+    assert run("ingest", str(events), "--policy", str(first), "--now", "2025-01-05", *db).exit_code == 0
+    assert run("policy", "apply", str(second), "--actor", "ann", "--now", "2025-01-06", *db).exit_code == 0
+
+    csv_out, again = tmp_path / "rejects.csv", tmp_path / "again.jsonl"
+    assert run("rejects", "export", "-o", str(csv_out), *db).exit_code == 0
+    listed = pd.read_csv(csv_out, dtype=str, keep_default_na=False)
+    assert list(listed["reason"]) == ["unknown_currency", "unknown_currency", "non_positive_amount"]
+    assert list(listed["event_id"]) == ["e2", "e3", "e4"] and listed["region"][0] == "'=HYPERLINK(1)"
+    exported = run("rejects", "export", "--reason", "unknown_currency", "-o", str(again), *db)
+    assert exported.exit_code == 0 and "2 rejected events" in said(exported)
+    assert run("ingest", str(again), "--now", "2025-01-07", *db).exit_code == 0
+
+    tiers, expected = tmp_path / "tiers.csv", tmp_path / "classify.csv"
+    assert run("tiers", "export", "--now", "2025-01-08", "-o", str(tiers), *db).exit_code == 0
+    classified = run("classify", "--policy", str(second), "--events", str(events), "--as-of", "2025-01-08",
+                     "--out", str(expected))  # fmt: skip
+    assert classified.exit_code == 0, classified.output
+    assert tiers.read_bytes() == expected.read_bytes()
+    refused = run("rejects", "export", "--reason", "too_expensive", *db)
+    assert refused.exit_code != 0 and "not a reject reason" in said(refused)
