@@ -46,6 +46,9 @@ NowOption = Annotated[
 ActorOption = Annotated[
     str | None, typer.Option("--actor", help="Who does this, for the audit log (default: $USER).")
 ]
+ExportOption = Annotated[
+    Path | None, typer.Option("--out", "-o", help="File to write (default: stdout).")
+]
 
 tiers_app = typer.Typer(help="Customers' current tiers.", no_args_is_help=True)
 policy_app = typer.Typer(help="Policy versions of the store.", no_args_is_help=True)
@@ -680,9 +683,7 @@ def rejects_export(
         str | None,
         typer.Option("--format", help="csv, jsonl or parquet (default: from --out, else csv)."),
     ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="File to write (default: stdout).")
-    ] = None,
+    out: ExportOption = None,
     db: DbOption = None,
 ) -> None:
     """Export the events the store rejected: when each arrived, the reason and its detail,
@@ -725,9 +726,7 @@ def audit_export(
         typer.Option("--since", help="Rows recorded at or after this instant (ISO 8601)."),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or jsonl.")] = "csv",
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="File to write (default: stdout).")
-    ] = None,
+    out: ExportOption = None,
     db: DbOption = None,
 ) -> None:
     """Export the audit log (every tier change: customer, old -> new tier, reason, cause, policy
