@@ -690,8 +690,9 @@ def rejects_export(
     then the nine event fields as delivered.
 
     JSON lines and Parquet keep every field exactly, so the file can be given to
-    `tier-ml ingest` again once the cause is fixed (for example a currency added with
-    `tier-ml policy apply`). CSV is for people: text a spreadsheet would run as a
+    `tier-ml ingest` again once the cause is fixed: after `tier-ml policy apply` added a
+    currency, `--reason unknown_currency --reason unknown_order` takes the orders in it
+    with their refunds and cancels. CSV is for people: text a spreadsheet would run as a
     formula starts with a quote.
     """
     from tier_ml.events import RejectReason

@@ -336,6 +336,7 @@ def test_rejected_events_are_exported_and_can_be_ingested_again(store_url: str, 
         "e2,placed,o2,c1,2025-01-02T00:00:00Z,10000,JPY,web,=HYPERLINK(1)\n"
         "e3,placed,o3,c2,2025-01-02T00:00:00Z,9000,jpy,pos,\n"
         "e4,placed,o4,c2,2025-01-03T00:00:00Z,-5,USD,pos,\n"
+        "e5,refunded,o2,c1,2025-01-03T00:00:00Z,20,USD,web,\n"  # of the yen order
     )
     db = ["--db", store_url]
     assert run("ingest", str(events), "--policy", str(first), "--now", "2025-01-05", *db).exit_code == 0
@@ -344,10 +345,14 @@ def test_rejected_events_are_exported_and_can_be_ingested_again(store_url: str, 
     csv_out, again = tmp_path / "rejects.csv", tmp_path / "again.jsonl"
     assert run("rejects", "export", "-o", str(csv_out), *db).exit_code == 0
     listed = pd.read_csv(csv_out, dtype=str, keep_default_na=False)
-    assert list(listed["reason"]) == ["unknown_currency", "unknown_currency", "non_positive_amount"]
-    assert list(listed["event_id"]) == ["e2", "e3", "e4"] and listed["region"][0] == "'=HYPERLINK(1)"
-    exported = run("rejects", "export", "--reason", "unknown_currency", "-o", str(again), *db)
-    assert exported.exit_code == 0 and "2 rejected events" in said(exported)
+    assert list(listed["reason"]) == [
+        "unknown_currency", "unknown_currency", "non_positive_amount", "unknown_order"
+    ]  # fmt: skip
+    assert list(listed["event_id"]) == ["e2", "e3", "e4", "e5"]
+    assert listed["region"][0] == "'=HYPERLINK(1)"
+    reasons = ["--reason", "unknown_currency", "--reason", "unknown_order"]
+    exported = run("rejects", "export", *reasons, "-o", str(again), *db)
+    assert exported.exit_code == 0 and "3 rejected events" in said(exported)
     assert run("ingest", str(again), "--now", "2025-01-07", *db).exit_code == 0
 
     tiers, expected = tmp_path / "tiers.csv", tmp_path / "classify.csv"
