@@ -22,7 +22,17 @@ from serving.jobs import JobRunner
 from serving.metrics import LatencyMiddleware, Metrics
 from serving.models import ModelHolder, settle_heap
 from serving.nul_guard import refuse_nul_characters, refuse_nul_in_path_and_query
-from serving.routers import audit, customers, events, ops, outbox, policy, predictions, segments
+from serving.routers import (
+    audit,
+    customers,
+    events,
+    ops,
+    outbox,
+    policy,
+    predictions,
+    rejects,
+    segments,
+)
 from serving.scoring import AtRiskCache
 from serving.settings import ServingSettings, load_settings
 from tier_ml.store import jobs as job_store
@@ -106,6 +116,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (
         events.router,
+        rejects.router,
         customers.router,
         predictions.router,
         segments.router,

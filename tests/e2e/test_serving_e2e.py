@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e import serving_support as support
 from tier_ml.money import instant_to_micros
-from tier_ml.store.service import create_store_engine, export_audit, export_tiers
+from tier_ml.store.service import create_store_engine, export_audit, export_rejects, export_tiers
 
 pytestmark = pytest.mark.slow  # the session fixture trains the models (~30 s once)
 NOW_US = instant_to_micros(support.AS_OF)
@@ -250,6 +250,19 @@ def test_audit_export_csv_and_jsonl(client: httpx.Client, store) -> None:
     table = pd.read_csv(io.StringIO(client.get("/v1/audit").text))
     assert table["id"].tolist() == expected["id"].tolist()
     assert client.get("/v1/audit", params={"since": "not a time"}).status_code == 422
+
+
+def test_rejects_export_filters_by_reason_and_refuses_bad_parameters(client: httpx.Client, store) -> None:
+    expected = export_rejects(store)
+    assert len(expected) > 0  # the simulated stream has malformed rows
+    lines = client.get("/v1/rejects", params={"format": "jsonl"}).text.splitlines()
+    assert [json.loads(line) for line in lines] == expected.to_dict("records")
+    reason = str(expected["reason"].iloc[0])
+    table = pd.read_csv(io.StringIO(client.get("/v1/rejects", params={"reason": reason}).text), dtype=str)
+    assert set(table["reason"]) == {reason} and len(table) == int((expected["reason"] == reason).sum())
+    for params, field in (({"reason": "too_expensive"}, "reason"), ({"since": "yesterday"}, "since")):
+        refused = client.get("/v1/rejects", params=params)
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"].startswith(field)
 
 
 def test_policy_preview_apply_and_reclassify_job(client: httpx.Client) -> None:

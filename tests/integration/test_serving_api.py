@@ -103,6 +103,7 @@ ENDPOINTS = [
     ("POST", "/v1/jobs/reclassify", "admin", {"json": {}}),
     ("GET", "/v1/jobs/{job_id}", "admin", {"path": {"job_id": "nope"}}),
     ("GET", "/v1/audit", "audit:read", {}),
+    ("GET", "/v1/rejects", "admin", {}),
     ("POST", "/v1/admin/models/reload", "admin", {}),
 ]
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
