@@ -12,13 +12,12 @@ from fastapi.responses import Response
 from serving.deps import Admin, ServicesDep
 from serving.errors import problem_responses
 from serving.exports import EXPORT_CONTENT, parse_since, table_response
-from tier_ml.events import RejectReason
-from tier_ml.store.intake import StoreRejectReason
+from tier_ml.store.intake import REASON_CODES
 from tier_ml.store.service import export_rejects
 
 router = APIRouter(tags=["orders"])
 
-RejectCode = Literal[tuple(sorted({str(r) for r in RejectReason} | {str(r) for r in StoreRejectReason}))]  # type: ignore[valid-type]
+RejectCode = Literal[REASON_CODES]  # type: ignore[valid-type]
 
 
 @router.get(

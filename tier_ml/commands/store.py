@@ -695,15 +695,13 @@ def rejects_export(
     with their refunds and cancels. CSV is for people: text a spreadsheet would run as a
     formula starts with a quote.
     """
-    from tier_ml.events import RejectReason
     from tier_ml.spreadsheet import spreadsheet_safe
-    from tier_ml.store.intake import StoreRejectReason
+    from tier_ml.store.intake import REASON_CODES
     from tier_ml.store.service import export_rejects
 
-    known = sorted({str(r) for r in RejectReason} | {str(r) for r in StoreRejectReason})
     for name in reason or []:
-        if name not in known:
-            raise _fail(f"--reason {name!r} is not a reject reason; one of: {', '.join(known)}")
+        if name not in REASON_CODES:
+            raise _fail(f"--reason {name!r} is not a reject reason; one of: {', '.join(REASON_CODES)}")
     since_us = _instant(since, "--since")
     fmt = _format_of(out, fmt)
     _check_output(out, "--out")

@@ -73,6 +73,8 @@ class StoreRejectReason(StrEnum):
 
 
 Reason = RejectReason | StoreRejectReason
+#: Every reject reason code the store records, sorted.
+REASON_CODES = tuple(sorted({str(r) for r in RejectReason} | {str(r) for r in StoreRejectReason}))
 
 #: Rejects that still claim their ``event_id``: the copy passed the row checks and the
 #: replay check, so, as in ``validate``, it is the one copy of its id; a later copy with
