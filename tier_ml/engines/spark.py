@@ -47,6 +47,7 @@ from tier_ml.batch import (
     REFUNDED,
     REJECT_COLUMNS,
     REPLAY_CONTENT,
+    TIERS_FILE_TYPES,
     BatchSummary,
     connect,
     field_expr,
@@ -436,12 +437,9 @@ def build_ledger(checked: DataFrame) -> Ledger:
 
 # --- stage 3: per customer bucket, the batch path's orders SQL, replay kernel and output -----
 
-TIERS_SCHEMA = (
-    "customer_id string, tier string, qualifying_spend decimal(18,2), pending_spend decimal(18,2), "
-    "eligible_tier string, tier_since string, qualifying_orders long, next_tier string, "
-    "spend_to_next_tier decimal(18,2), region string, last_order_at string, grace_ends_at string, "
-    "next_change_at string, tier_changes long"
-)
+#: The tiers file's columns in Spark's types (``TIERS_FILE_TYPES``, the batch path's file).
+_SPARK_TYPES = {"VARCHAR": "string", "DECIMAL(18, 2)": "decimal(18,2)", "BIGINT": "long"}
+TIERS_SCHEMA = ", ".join(f"{name} {_SPARK_TYPES[kind]}" for name, kind in TIERS_FILE_TYPES.items())
 #: The rules engine's state per customer (``customer_state`` of the batch path), for features.
 STATE_SCHEMA = (
     "customer_id string, tier long, eligible long, qualifying_us long, qualifying_orders long, "
