@@ -49,8 +49,20 @@ TIME_PATTERN = (  # no lookarounds: DuckDB (RE2) matches the same pattern on the
     r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,9})?)?"
     r"(Z|z|[+-]([01][0-9]|2[0-3])(:?[0-5][0-9])?)?)?"  # an offset under 24 hours
 )
+#: ISO 8601 also allows its basic format (``20250101T103000Z``, ``20250101``) and a decimal
+#: comma (``10:30:00,5``), which Python's ``datetime.fromisoformat`` reads too. A text that
+#: ``TIME_PATTERN`` does not match is rewritten to the extended form by these replacements,
+#: each of its first match (the decimal comma of every), and matched again. They are plain
+#: regular expressions, so DuckDB (RE2) applies the very same ones on the batch path
+#: (``tier_ml.batch.source``). Mixed forms (``2025-01-01T103000``) are read, as Python reads them.
+TIME_REWRITES = (
+    (r"^([0-9]{4})([0-9]{2})([0-9]{2})", r"\1-\2-\3"),  # the date: YYYYMMDD
+    (r"([T ][0-9]{2})([0-9]{2})", r"\1:\2"),  # hours and minutes: HHMM
+    (r"([T ][0-9]{2}:[0-9]{2})([0-9]{2})", r"\1:\2"),  # and seconds: HH:MMSS
+)
 AMOUNT_PATTERN = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
 _TIME_RE = re.compile(TIME_PATTERN)
+_TIME_REWRITES = tuple((re.compile(pattern), replacement) for pattern, replacement in TIME_REWRITES)
 _AMOUNT_RE = re.compile(AMOUNT_PATTERN)
 
 
@@ -186,7 +198,9 @@ def parse_instant(value: Any) -> int | None:
         return instant_to_micros(datetime(value.year, value.month, value.day, tzinfo=UTC))
     text = _text(value)
     if not _TIME_RE.fullmatch(text):
-        return None
+        text = extended_time(text)
+        if not _TIME_RE.fullmatch(text):
+            return None
     text = re.sub(
         r"(\.[0-9]{6})[0-9]+", r"\1", text
     )  # beyond microseconds: truncate, as SQL engines do
@@ -197,6 +211,13 @@ def parse_instant(value: Any) -> int | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return instant_to_micros(parsed)
+
+
+def extended_time(text: str) -> str:
+    """``text`` with ISO 8601's basic format and decimal comma rewritten by ``TIME_REWRITES``."""
+    for pattern, replacement in _TIME_REWRITES:
+        text = pattern.sub(replacement, text, count=1)
+    return text.replace(",", ".")
 
 
 def parse_amount(value: Any) -> float | None:

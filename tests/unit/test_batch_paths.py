@@ -187,6 +187,50 @@ def test_edge_times_are_read_alike_on_both_paths() -> None:
     assert "2024-01-01T00:00:00+23:59" not in unparseable
 
 
+#: ISO 8601's basic format and decimal comma, each with the extended text it means (None: a reject).
+_OTHER_ISO_FORMS = {
+    "20250101T103000Z": "2025-01-01T10:30:00Z",
+    "20250101": "2025-01-01",
+    "20250101T1030": "2025-01-01T10:30",
+    "20250101 103000.5+0200": "2025-01-01 10:30:00.5+02:00",
+    "20250101T103000,25-0130": "2025-01-01T10:30:00.25-01:30",
+    "2025-01-01T10:30:00,123456789Z": "2025-01-01T10:30:00.123456Z",
+    "2025-01-01T103000": "2025-01-01T10:30:00",  # mixed forms, as Python's fromisoformat reads them
+    "20240229": "2024-02-29",
+    "20230229": None,
+    "20251301": None,
+    "2025010": None,
+    "202501011": None,
+    "20250101T10": None,
+    "20250101Z": None,
+    "00000101": None,
+    "1735689600": None,
+}
+
+
+def test_iso_basic_format_and_decimal_comma_are_read_alike_on_both_paths() -> None:
+    """``20250101T103000Z`` and ``10:30:00,5`` are ISO 8601 too: both paths read them as the
+    extended text they stand for, and reject the same malformed ones."""
+    assert {text: parse_instant(text) for text in _OTHER_ISO_FORMS} == {
+        text: None if same is None else parse_instant(same) for text, same in _OTHER_ISO_FORMS.items()
+    }
+    policy = parse_policy({"base_currency": "USD", "tiers": [{"name": "Base"}]})
+    rows = pd.DataFrame([
+        {"event_id": f"e{i}", "event_type": "placed", "order_id": f"o{i}", "customer_id": f"c{i}",
+         "occurred_at": at, "amount": "10", "currency": "USD"}
+        for i, at in enumerate(_OTHER_ISO_FORMS)
+    ])
+    as_of_us = parse_instant("2100-01-01")
+    reference = classify(policy, rows.to_dict("records"), as_of_us)
+    tiers, rejects = classify_frame(policy, rows, as_of_us)
+    assert_same_tiers(tiers, reference.frame())
+    rejected = [(r.row, str(r.reason)) for r in reference.rejects]
+    assert sorted(zip(rejects["row"].astype(int), rejects["reason"], strict=True)) == sorted(rejected)
+    assert {list(_OTHER_ISO_FORMS)[row - 1] for row, _ in rejected} == {
+        text for text, same in _OTHER_ISO_FORMS.items() if same is None
+    }
+
+
 def test_amounts_too_large_for_micro_units_are_rejects_on_both_paths(tmp_path) -> None:
     """From 10^12 in the base currency (after fx) an amount is a reject, not an overflow."""
     policy = parse_policy({"base_currency": "USD", "fx_rates": {"EUR": 1.1}, "tiers": [{"name": "Base"}]})

@@ -20,6 +20,7 @@ from tier_ml.events import (
     EVENT_FIELDS,
     REQUIRED_FIELDS,
     TIME_PATTERN,
+    TIME_REWRITES,
     EventReadError,
     detect_format,
     file_holds,
@@ -271,6 +272,13 @@ def _text_expr(name: str, column_type: str | None) -> str:
     return f"CASE WHEN {c} < '!' OR {c} LIKE '% ' THEN nullif(trim({c}, ' '), '') ELSE {c} END"
 
 
+def _extended_time_sql(text: str) -> str:
+    """SQL for ``tier_ml.events.extended_time`` of ``text``: the same rewrites, in the same order."""
+    for pattern, replacement in TIME_REWRITES:
+        text = f"regexp_replace({text}, {sql_literal(pattern)}, {sql_literal(replacement)})"
+    return f"replace({text}, ',', '.')"
+
+
 def field_expr(name: str, column_type: str | None) -> str:
     """Text of a field; for time and amount also ``*_missing`` and typed ``at_us``/``amount_num``."""
     text = f"{_text_expr(name, column_type)} AS {name}"
@@ -293,9 +301,12 @@ def field_expr(name: str, column_type: str | None) -> str:
             parsed = f'epoch_us(CAST("{name}" AS TIMESTAMP))'
         else:
             raw = _text_expr(name, column_type)
+            rewritten = _extended_time_sql(raw)  # only for the rare texts the pattern misses
             parsed = (
                 f"CASE WHEN regexp_full_match({raw}, {sql_literal(TIME_PATTERN)}) "
-                f"THEN epoch_us(TRY_CAST({raw} AS TIMESTAMPTZ)) END"
+                f"THEN epoch_us(TRY_CAST({raw} AS TIMESTAMPTZ)) "
+                f"WHEN regexp_full_match({rewritten}, {sql_literal(TIME_PATTERN)}) "
+                f"THEN epoch_us(TRY_CAST({rewritten} AS TIMESTAMPTZ)) END"
             )
         return f"{text}, {missing} AS occurred_at_missing, {parsed} AS at_us"
     if typed:
