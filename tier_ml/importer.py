@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import pandas as pd
 
-from tier_ml.events import AMOUNT_PATTERN, EVENT_FIELDS, TIME_PATTERN, RejectReason
+from tier_ml.events import AMOUNT_PATTERN, EVENT_FIELDS, TIME_PATTERN, RejectReason, extended_time
 from tier_ml.policy import Policy
 from tier_ml.simulate import write_events, write_parquet
 
@@ -213,6 +213,13 @@ def _parse_iso(text: pd.Series, timezone: str) -> pd.Series:
     return out
 
 
+def _other_iso_forms(text: pd.Series) -> pd.Series:
+    """The values of ``text`` in ISO 8601's other forms, rewritten to the extended one
+    (``tier_ml.events.extended_time``, as every engine reads them); the rest left out."""
+    rewritten = text.map(extended_time)
+    return rewritten[rewritten.str.fullmatch(TIME_PATTERN).astype(bool)]
+
+
 def parse_times(values: pd.Series, options: ImportOptions) -> pd.Series:
     """Instants (datetime64[us, UTC]) of a column; NaT where a value cannot be read."""
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
@@ -227,6 +234,10 @@ def parse_times(values: pd.Series, options: ImportOptions) -> pd.Series:
         out[left] = _localize(parsed, options.timezone)
         return out
     iso = left & text.str.fullmatch(TIME_PATTERN)
+    other_iso = _other_iso_forms(text[left & ~iso])  # basic format, decimal comma
+    text = text.copy()
+    text[other_iso.index] = other_iso
+    iso[other_iso.index] = True
     out[iso] = _parse_iso(text[iso], options.timezone)
     if options.date_format is not None:  # iso only
         return out

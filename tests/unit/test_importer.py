@@ -95,6 +95,10 @@ def test_reimport_gives_the_same_generated_ids(tmp_path: Path) -> None:
         ("1738540800000", {}, "2025-02-03T00:00:00"),
         ("03|02|25", {"date_format": "%d|%m|%y"}, "2025-02-03T00:00:00"),
         ("2025-03-01 10:00", {"timezone": "Europe/Berlin"}, "2025-03-01T09:00:00"),
+        ("20250203T101500+0100", {}, "2025-02-03T09:15:00"),  # ISO 8601's basic format
+        ("20250203", {}, "2025-02-03T00:00:00"),
+        ("20250301T1000", {"timezone": "Europe/Berlin"}, "2025-03-01T09:00:00"),
+        ("2025-02-03T10:15:00,5Z", {}, "2025-02-03T10:15:00.5"),  # a decimal comma
     ],
 )
 def test_dates_in_common_formats(
