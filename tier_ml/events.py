@@ -47,18 +47,21 @@ REQUIRED_FIELDS = ("event_id", "event_type", "order_id", "customer_id", "occurre
 TIME_PATTERN = (  # no lookarounds: DuckDB (RE2) matches the same pattern on the batch path
     r"([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-[0-9]{2}-[0-9]{2}"  # year 0001-9999
     r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,9})?)?"
-    r"(Z|z|[+-]([01][0-9]|2[0-3])(:?[0-5][0-9])?)?)?"  # an offset under 24 hours
+    r"(Z|[+-]([01][0-9]|2[0-3])(:?[0-5][0-9])?)?)?"  # an offset under 24 hours
 )
-#: ISO 8601 also allows its basic format (``20250101T103000Z``, ``20250101``) and a decimal
-#: comma (``10:30:00,5``), which Python's ``datetime.fromisoformat`` reads too. A text that
-#: ``TIME_PATTERN`` does not match is rewritten to the extended form by these replacements,
-#: each of its first match (the decimal comma of every), and matched again. They are plain
-#: regular expressions, so DuckDB (RE2) applies the very same ones on the batch path
-#: (``tier_ml.batch.source``). Mixed forms (``2025-01-01T103000``) are read, as Python reads them.
+#: Other forms of the same instants, rewritten to the one ``TIME_PATTERN`` matches: ISO 8601's
+#: basic format (``20250101T103000Z``, ``20250101``) and decimal comma (``10:30:00,5``), which
+#: Python's ``datetime.fromisoformat`` reads too, and RFC 3339's lower-case ``t`` and ``z``.
+#: Only a text the pattern does not match is rewritten (each replacement of its first match,
+#: then every comma to a point) and matched again. They are plain regular expressions, so
+#: DuckDB (RE2) applies the very same ones on the batch path (``tier_ml.batch.source``).
+#: Mixed forms (``2025-01-01T103000``) are read, as Python reads them.
 TIME_REWRITES = (
     (r"^([0-9]{4})([0-9]{2})([0-9]{2})", r"\1-\2-\3"),  # the date: YYYYMMDD
+    (r"^([0-9]{4}-[0-9]{2}-[0-9]{2})t", r"\1T"),  # a lower-case t (RFC 3339 allows it, as z)
     (r"([T ][0-9]{2})([0-9]{2})", r"\1:\2"),  # hours and minutes: HHMM
     (r"([T ][0-9]{2}:[0-9]{2})([0-9]{2})", r"\1:\2"),  # and seconds: HH:MMSS
+    (r"z$", "Z"),  # a lower-case z
 )
 AMOUNT_PATTERN = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
 _TIME_RE = re.compile(TIME_PATTERN)
