@@ -401,6 +401,13 @@ def import_command(
             "--policy", "-p", help="Also reject currencies without an fx rate in this policy."
         ),
     ] = None,
+    encoding: Annotated[
+        str,
+        typer.Option(
+            "--encoding",
+            help="Text encoding of a CSV export, e.g. cp1252 for one saved by Excel on Windows.",
+        ),
+    ] = "utf-8",
 ) -> None:
     """Convert a retailer's export into canonical order events.
 
@@ -436,6 +443,7 @@ def import_command(
             return_column=return_column,
             return_values=tuple(return_value) if return_value else None,
             policy=rules,
+            encoding=encoding,
         )
         write_import(result, out, rejects)
     except ExportError as exc:

@@ -35,6 +35,7 @@ unknown orders) stay with :func:`tier_ml.events.validate`, as for any events fil
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,27 +107,44 @@ class ImportResult:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def read_export(path: str | Path) -> pd.DataFrame:
-    """A CSV (read as text, so nothing is reinterpreted) or Parquet export."""
+def read_export(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
+    """A CSV (read as text in ``encoding``, so nothing is reinterpreted) or Parquet export.
+
+    A byte order mark is skipped whatever the ``encoding``. Exports saved by Excel on
+    Windows are often ``cp1252``: the error for text that is not UTF-8 says so.
+    """
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such file")
+    encoding = _codec_or_error(encoding)
     suffix = path.suffix.lower()
     try:
         if suffix in {".csv", ".txt", ".tsv"}:
             return pd.read_csv(
-                path, dtype=str, keep_default_na=False, sep=_separator(path), encoding="utf-8-sig"
+                path, dtype=str, keep_default_na=False, sep=_separator(path, encoding), encoding=encoding
             )
         if suffix in {".parquet", ".pq"}:
             return pd.read_parquet(path)
+    except UnicodeDecodeError as exc:
+        hint = " (saved by Excel on Windows? try --encoding cp1252)" if encoding == "utf-8-sig" else ""
+        raise ExportError(f"{path}: cannot read the export: it is not {exc.encoding} text{hint}") from None
     except Exception as exc:  # the parsers raise many types; the user needs one message
         raise ExportError(f"{path}: cannot read the export: {exc}") from None
     raise ExportError(f"{path}: unknown export format {suffix!r}; use .csv or .parquet")
 
 
-def _separator(path: Path) -> str:
+def _codec_or_error(encoding: str) -> str:
+    """Python's name for the text ``encoding``; UTF-8 as ``utf-8-sig`` (a byte order mark is skipped)."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise ExportError(f"unknown --encoding {encoding!r} (e.g. utf-8, cp1252, latin-1)") from None
+    return "utf-8-sig" if name == "utf-8" else name
+
+
+def _separator(path: Path, encoding: str) -> str:
     """The delimiter of a text export: the most frequent of , ; tab | in its header line."""
-    with path.open(encoding="utf-8-sig", errors="replace") as handle:
+    with path.open(encoding=encoding, errors="replace") as handle:
         header = handle.readline()
     return max([",", ";", "\t", "|"], key=header.count)
 
@@ -548,6 +566,7 @@ def import_export(
     return_column: str | None = None,
     return_values: tuple[str, ...] | None = None,
     policy: Policy | None = None,
+    encoding: str = "utf-8",
 ) -> ImportResult:
     """Read an export and convert it (``policy``: also reject currencies without fx rate)."""
     options = ImportOptions(
@@ -563,7 +582,7 @@ def import_export(
         return_column=return_column,
         return_values=tuple(return_values) if return_values else ImportOptions.return_values,
     )
-    return convert(read_export(source_path), options, policy)
+    return convert(read_export(source_path, encoding), options, policy)
 
 
 def write_import(

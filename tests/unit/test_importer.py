@@ -218,3 +218,19 @@ def test_bad_mapping_and_unreadable_files_fail_with_a_message(tmp_path: Path) ->
     broken.write_bytes(b"not parquet")
     with pytest.raises(ExportError, match="cannot read"):
         import_export(broken, RETAIL_MAP)
+
+
+def test_exports_in_other_text_encodings_are_read_with_encoding(tmp_path: Path) -> None:
+    """A Windows export (cp1252) is refused with a hint by default and read with its encoding."""
+    path = tmp_path / "windows.csv"
+    path.write_bytes("CustID;OrderDate;Total;Store\r\n1;2025-01-02;5;Café München\r\n".encode("cp1252"))
+    mapping = {**RETAIL_MAP, "region": "Store"}
+    with pytest.raises(ExportError, match=r"not utf-8 text .*--encoding cp1252"):
+        import_export(path, mapping, currency="EUR")
+    assert one(import_export(path, mapping, currency="EUR", encoding="cp1252"))["region"] == "Café München"
+    with pytest.raises(ExportError, match="unknown --encoding 'klingon'"):
+        import_export(path, mapping, currency="EUR", encoding="klingon")
+    utf8 = tmp_path / "bom.csv"
+    utf8.write_bytes("\ufeffCustID,OrderDate,Total\n1,2025-01-02,5\n".encode())  # a byte order mark
+    for encoding in ("utf-8", "UTF8", "utf-8-sig"):
+        assert one(import_export(utf8, RETAIL_MAP, currency="EUR", encoding=encoding))["customer_id"] == "1"
