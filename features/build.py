@@ -42,6 +42,7 @@ from tier_ml.batch import (
     PIPELINE_STAGES,
     PlacementsHook,
     SortedPlacements,
+    checked_select,
     connect,
     register_source,
     run_pipeline,
@@ -288,12 +289,18 @@ def attach_labels(features: pd.DataFrame, future: pd.DataFrame, policy: Policy) 
     return merged
 
 
-def data_end_us(events: EventsSource) -> int | None:
-    """The latest parseable event time in ``events`` (epoch µs), None when there is none."""
+def data_end_us(events: EventsSource, policy: Policy) -> int | None:
+    """The latest time of an event in ``events`` that passes the per-row checks under
+    ``policy`` (epoch µs), None when there is none.
+
+    A rejected row does not extend the data: one row with a mistyped year (2099) would
+    otherwise keep every late cutoff, and label its uncovered window as churn.
+    """
     con = connect()
     try:
         register_source(con, _source(events))
-        value = con.execute("SELECT max(at_us) FROM src").fetchone()[0]
+        checked = checked_select(policy, as_of_us=2**62)  # no row is after it
+        value = con.execute(f"SELECT max(at_us) FROM ({checked}) WHERE reason IS NULL").fetchone()[0]
     finally:
         con.close()
     return None if value is None else int(value)
@@ -326,7 +333,7 @@ def build_training_set(
     """
     if horizon_days <= 0:
         raise ValueError(f"horizon_days must be positive, got {horizon_days}")
-    end_us = _as_of_us(data_end) if data_end is not None else data_end_us(_source(events))
+    end_us = _as_of_us(data_end) if data_end is not None else data_end_us(_source(events), policy)
     horizon_us = days_to_micros(horizon_days)
     parts = []
     kept = usable_cutoffs(cutoffs, horizon_days, end_us)

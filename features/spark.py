@@ -224,12 +224,13 @@ def build_training_set_spark(
 
 
 def _data_end_us(raw: DataFrame, policy: Policy) -> int | None:
-    """The latest parseable event time (epoch µs), as ``features.build.data_end_us`` reads it."""
+    """The latest time of a row that passes the per-row checks (epoch µs), as
+    ``features.build.data_end_us`` reads it."""
     from pyspark.sql import functions as F
 
     checked = check_rows(raw, policy, 2**62)
     try:
-        value = checked.agg(F.max("at_us")).collect()[0][0]
+        value = checked.filter(F.col("reason").isNull()).agg(F.max("at_us")).collect()[0][0]
     finally:
         checked.unpersist()
     return None if value is None else int(value)

@@ -80,3 +80,21 @@ def test_cli_features_build_engine_spark(spark: Any, training_data: Any, tmp_pat
         pd.read_parquet,
     )
     pd.testing.assert_frame_equal(outs["spark"], outs["duckdb"], check_exact=False, rtol=1e-9)
+
+
+def test_data_end_on_spark_skips_rejected_rows_as_duckdb_does(spark: Any, tmp_path: Path) -> None:
+    """The default data end on Spark is the latest event that passes the row checks, as on DuckDB."""
+    from features.build import data_end_us
+    from features.spark import data_end_us_spark
+    from tier_ml.policy import load_policy
+
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "event_id,event_type,order_id,customer_id,occurred_at,amount,currency,channel,region\n"
+        "e1,placed,o1,c1,2025-04-01T00:00:00Z,100,USD,web,US\n"
+        "e2,placed,o2,c1,2099-06-01T00:00:00Z,100,XXX,web,US\n"  # a mistyped year, rejected
+    )
+    policy = load_policy()
+    end = data_end_us(path, policy)
+    assert end == int(datetime(2025, 4, 1, tzinfo=UTC).timestamp()) * 1_000_000
+    assert data_end_us_spark(path, policy, spark) == end

@@ -23,7 +23,7 @@ from features import (
     monthly_cutoffs,
     validate_feature_frame,
 )
-from features.build import usable_cutoffs
+from features.build import data_end_us, usable_cutoffs
 from tests.eventgen import iso, random_events, random_policy
 from tier_ml.events import EventType, frame_records, validate
 from tier_ml.money import days_to_micros, instant_to_micros
@@ -290,6 +290,23 @@ def test_cutoffs_past_the_data_end_are_excluded() -> None:
     rows, _ = _label_rows()
     table = build_training_set(pd.DataFrame(rows), POLICY, [datetime(2030, 1, 1, tzinfo=UTC)], 90)
     assert table.empty and list(table.columns)[-4:] == ["churned", "tier_at_cutoff", "tier_at_horizon", "tier_change"]
+
+
+def test_a_rejected_row_does_not_extend_the_data_end() -> None:
+    """The default data end is the latest event that passes the row checks: one bad row with a
+    mistyped year must not keep late cutoffs, whose uncovered windows would read as churn."""
+    good = {"event_type": "placed", "customer_id": "c1", "amount": "100", "currency": "USD"}
+    rows = [
+        {**good, "event_id": "e1", "order_id": "o1", "occurred_at": "2025-01-01T00:00:00Z"},
+        {**good, "event_id": "e2", "order_id": "o2", "occurred_at": "2025-04-01T00:00:00Z"},
+        {**good, "event_id": "e3", "order_id": "o3", "occurred_at": "2099-06-01T00:00:00Z", "currency": "XXX"},
+        {**good, "event_id": None, "order_id": "o4", "occurred_at": "2098-01-01T00:00:00Z"},
+    ]
+    assert data_end_us(pd.DataFrame(rows), POLICY) == instant_to_micros(datetime(2025, 4, 1, tzinfo=UTC))
+    cutoffs = [datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC)]
+    table = build_training_set(pd.DataFrame(rows), POLICY, cutoffs, 90)
+    assert [c.to_pydatetime() for c in table["cutoff"].unique()] == cutoffs[:1]
+    assert data_end_us(pd.DataFrame(rows[2:]), POLICY) is None
 
 
 def test_monthly_cutoffs() -> None:

@@ -61,6 +61,7 @@ from tier_ml.batch.validation import (
     CANCELLED,
     PLACED,
     REFUNDED,
+    checked_select,
     stateless_detail_sql,
     stateless_sql,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "BatchSummary",
     "PlacementsHook",
     "SortedPlacements",
+    "checked_select",
     "classify_frame",
     "classify_reference_to_files",
     "classify_states",

@@ -52,6 +52,11 @@ def stateless_sql(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str:
     ``amount_raw`` as read and ``event_type_text``, the event type's text unless it is
     exactly one of the three names (so nearly always NULL).
     """
+    return f"CREATE OR REPLACE TEMP TABLE checked AS {checked_select(policy, as_of_us, keep_raw)}"
+
+
+def checked_select(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str:
+    """The query of ``stateless_sql`` (every row of ``src`` with its checks), to read or store."""
     priced = f"kind <> {CANCELLED}"
     kept = (
         ", amount_raw, CASE WHEN event_type IN ('placed', 'refunded', 'cancelled') THEN NULL "
@@ -59,7 +64,6 @@ def stateless_sql(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str:
     )
     amount_us = f"CAST(floor(amount_num * rate * 1e6 + {_double(0.5)}) AS BIGINT)"
     return f"""
-    CREATE OR REPLACE TEMP TABLE checked AS
     WITH typed AS (
         SELECT *, {_KIND_CODE} AS kind, {_rate_sql(policy, "currency")} AS rate FROM src
     ), judged AS (

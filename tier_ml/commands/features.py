@@ -107,7 +107,7 @@ def build(
     ] = None,
     data_end: Annotated[
         str | None,
-        typer.Option("--data-end", help="The data's end for the label windows (default: the latest event)."),
+        typer.Option("--data-end", help="The data's end for the label windows (default: the latest event that is not rejected)."),
     ] = None,
     engine: Annotated[
         str,
@@ -156,7 +156,7 @@ def build(
                 from features.spark import data_end_us_spark
 
                 end_us = data_end_us_spark(events, rules, spark)
-            end_us = end_us if end_us is not None else data_end_us(events)
+            end_us = end_us if end_us is not None else data_end_us(events, rules)
             kept = usable_cutoffs(instants, horizon_days, end_us)
             if not kept:
                 end = "no events" if end_us is None else f"{micros_to_instant(end_us):%Y-%m-%d %H:%M}"
