@@ -12,6 +12,7 @@ against the general path here.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from decimal import Decimal
 
 import numpy as np
@@ -169,20 +170,26 @@ _EDGE_TIMES = (
 )
 
 
-def test_edge_times_are_read_alike_on_both_paths() -> None:
-    """Year 0, offsets of 24 hours or more and impossible dates are unparseable on both paths."""
+def _rejected_times_on_both_paths(times: Sequence[str]) -> list[str]:
+    """Classify one placement per time on both paths; assert they agree; the times rejected."""
     policy = parse_policy({"base_currency": "USD", "tiers": [{"name": "Base"}]})
     rows = pd.DataFrame([
         {"event_id": f"e{i}", "event_type": "placed", "order_id": f"o{i}", "customer_id": f"c{i}",
          "occurred_at": at, "amount": "10", "currency": "USD"}
-        for i, at in enumerate(_EDGE_TIMES)
+        for i, at in enumerate(times)
     ])
     as_of_us = parse_instant("2100-01-01")
     reference = classify(policy, rows.to_dict("records"), as_of_us)
     tiers, rejects = classify_frame(policy, rows, as_of_us)
     assert_same_tiers(tiers, reference.frame())
-    assert sorted(rejects["row"].astype(int)) == sorted(r.row for r in reference.rejects)
-    unparseable = {_EDGE_TIMES[r.row - 1] for r in reference.rejects}
+    rejected = sorted((r.row, str(r.reason)) for r in reference.rejects)
+    assert sorted(zip(rejects["row"].astype(int), rejects["reason"], strict=True)) == rejected
+    return [times[row - 1] for row, _ in rejected]
+
+
+def test_edge_times_are_read_alike_on_both_paths() -> None:
+    """Year 0, offsets of 24 hours or more and impossible dates are unparseable on both paths."""
+    unparseable = set(_rejected_times_on_both_paths(_EDGE_TIMES))
     assert {"0000-01-01", "2024-01-01T00:00:00+24:00", "2024-01-01T00:00:00+99", "2023-02-29"} <= unparseable
     assert "2024-01-01T00:00:00+23:59" not in unparseable
 
@@ -216,19 +223,7 @@ def test_iso_basic_format_and_decimal_comma_are_read_alike_on_both_paths() -> No
     assert {text: parse_instant(text) for text in _OTHER_ISO_FORMS} == {
         text: None if same is None else parse_instant(same) for text, same in _OTHER_ISO_FORMS.items()
     }
-    policy = parse_policy({"base_currency": "USD", "tiers": [{"name": "Base"}]})
-    rows = pd.DataFrame([
-        {"event_id": f"e{i}", "event_type": "placed", "order_id": f"o{i}", "customer_id": f"c{i}",
-         "occurred_at": at, "amount": "10", "currency": "USD"}
-        for i, at in enumerate(_OTHER_ISO_FORMS)
-    ])
-    as_of_us = parse_instant("2100-01-01")
-    reference = classify(policy, rows.to_dict("records"), as_of_us)
-    tiers, rejects = classify_frame(policy, rows, as_of_us)
-    assert_same_tiers(tiers, reference.frame())
-    rejected = [(r.row, str(r.reason)) for r in reference.rejects]
-    assert sorted(zip(rejects["row"].astype(int), rejects["reason"], strict=True)) == sorted(rejected)
-    assert {list(_OTHER_ISO_FORMS)[row - 1] for row, _ in rejected} == {
+    assert set(_rejected_times_on_both_paths(list(_OTHER_ISO_FORMS))) == {
         text for text, same in _OTHER_ISO_FORMS.items() if same is None
     }
 
