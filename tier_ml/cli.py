@@ -408,6 +408,21 @@ def import_command(
             help="Text encoding of a CSV export, e.g. cp1252 for one saved by Excel on Windows.",
         ),
     ] = "utf-8",
+    quantity: Annotated[
+        str | None,
+        typer.Option(
+            "--quantity",
+            help="Column of quantities: the amount column then holds unit prices (amount = price x quantity).",
+        ),
+    ] = None,
+    lines: Annotated[
+        bool,
+        typer.Option(
+            "--lines",
+            help="Rows are order lines: the lines of an order (same order, type, customer, time and "
+            "currency) become one event with their sum.",
+        ),
+    ] = False,
 ) -> None:
     """Convert a retailer's export into canonical order events.
 
@@ -444,14 +459,18 @@ def import_command(
             return_values=tuple(return_value) if return_value else None,
             policy=rules,
             encoding=encoding,
+            quantity=quantity,
+            lines=lines,
         )
         write_import(result, out, rejects)
     except ExportError as exc:
         raise fail(str(exc)) from None
     by_reason = ", ".join(f"{k} {v:,}" for k, v in result.rejects_by_reason().items())
+    converted = result.rows - len(result.rejects)
     console.print(
-        f"imported {len(result.events):,} of {result.rows:,} rows into {out}; "
-        f"{len(result.rejects):,} rejected"
+        f"imported {converted:,} of {result.rows:,} rows into {out}"
+        + (f" as {len(result.events):,} orders and refunds" if lines else "")
+        + f"; {len(result.rejects):,} rejected"
         + (f" ({by_reason})" if by_reason else "")
         + f" in {time.perf_counter() - started:.1f}s",
         highlight=False,

@@ -25,7 +25,11 @@ maps such a file onto the nine canonical fields of TIER_RULES.md:
   ``placed`` orders, and rows without ``order_id`` are orders of their own;
 - returns: with ``returns="negative"`` a negative amount is a refund of its
   absolute value; with ``return_column``/``return_values`` rows whose column holds
-  one of the values are refunds.
+  one of the values are refunds;
+- order lines: with ``quantity`` the amount column holds unit prices (amount =
+  price x quantity), and with ``lines`` the lines of one order are summed into one
+  event (``_order_lines``), since most shop exports have a row per line, not per order
+  (a rejected line is left out of its order's sum).
 
 Rows that cannot be converted are rejected with a reason (the codes of
 :class:`tier_ml.events.RejectReason`) and a detail, never dropped silently; every
@@ -88,6 +92,8 @@ class ImportOptions:
     returns: Literal["none", "negative"] = "none"
     return_column: str | None = None
     return_values: tuple[str, ...] = ("return", "refund", "returned")
+    quantity: str | None = None  # source column of quantities: the amount column is a unit price
+    lines: bool = False  # rows are order lines: summed into one event per order (see _order_lines)
 
 
 @dataclass(frozen=True)
@@ -456,6 +462,8 @@ def convert(
     except (ZoneInfoNotFoundError, ValueError):
         raise ExportError(f"--timezone {options.timezone!r} is not an IANA time zone") from None
     _check_date_format(options.date_format)
+    if options.quantity is not None and options.quantity not in frame.columns:
+        raise ExportError(f"--quantity {options.quantity}: no such column; the export has {list(frame.columns)}")
     frame = frame.reset_index(drop=True)
     rejects = _Rejects(frame.index)
 
@@ -477,6 +485,8 @@ def convert(
     rejects.add(needs_amount & (amount_text == ""), RejectReason.MISSING_FIELD, "amount is missing")
     detail = "is not a number (amount)"
     rejects.add(needs_amount & amount.isna(), RejectReason.UNPARSEABLE_AMOUNT, detail, amount_text)
+    if options.quantity is not None:
+        amount = amount * _quantities(frame[options.quantity], options, needs_amount, rejects)
     returned = _returns(frame, options)
     if options.returns == "negative":
         returned |= amount < 0
@@ -507,8 +517,51 @@ def convert(
     _identify(frame, mapping, canonical, rejects)
     good = rejects.ok
     events = canonical[good].reset_index(drop=True)[list(EVENT_FIELDS)]
+    if options.lines:
+        events = _order_lines(events)
     events["currency"] = events["currency"].replace("", None)
     return ImportResult(events, _rejects_frame(frame, rejects), len(frame))
+
+
+def _quantities(
+    source: pd.Series, options: ImportOptions, needs_amount: pd.Series, rejects: _Rejects
+) -> pd.Series:
+    """The quantity of each row (``--quantity``); the amount column then holds unit prices.
+
+    A negative quantity makes a negative amount, which ``--returns negative`` takes as a return.
+    """
+    quantity, _ = parse_amounts(source, options.decimal_comma)
+    text = _text(source)
+    rejects.add(needs_amount & (text == ""), RejectReason.MISSING_FIELD, "quantity is missing")
+    detail = "is not a number (quantity)"
+    rejects.add(needs_amount & quantity.isna(), RejectReason.UNPARSEABLE_AMOUNT, detail, text)
+    return quantity
+
+
+#: What the lines of one order share; lines that differ in any of these stay separate events
+#: (two placements of one order are then the engine's ``duplicate_order``, reported).
+LINE_KEYS = ("order_id", "event_type", "customer_id", "occurred_at", "currency")
+
+
+def _order_lines(events: pd.DataFrame) -> pd.DataFrame:
+    """One event per order from an export of order lines (``--lines``), in first-line order.
+
+    The lines of an order that share ``LINE_KEYS`` are summed (channel and region are the
+    first line's). The event id is generated from the order's content, so importing the
+    same export again gives the same ids, and an export where an order's lines changed gives
+    a conflicting replay, not a second order.
+    """
+    keyed = events.assign(currency=events["currency"].fillna(""))
+    groups = keyed.groupby(list(LINE_KEYS), sort=False, dropna=False)
+    orders = groups.agg(
+        amount=("amount", lambda values: values.sum(min_count=1)),
+        channel=("channel", "first"),
+        region=("region", "first"),
+    ).reset_index()
+    content = orders[[*LINE_KEYS, "amount"]].astype(str)
+    orders["event_id"] = "L" + _hex(pd.util.hash_pandas_object(content, index=False).to_numpy())
+    orders["amount"] = orders["amount"].round(9)
+    return orders[list(EVENT_FIELDS)]
 
 
 def _identify(
@@ -567,6 +620,8 @@ def import_export(
     return_values: tuple[str, ...] | None = None,
     policy: Policy | None = None,
     encoding: str = "utf-8",
+    quantity: str | None = None,
+    lines: bool = False,
 ) -> ImportResult:
     """Read an export and convert it (``policy``: also reject currencies without fx rate)."""
     options = ImportOptions(
@@ -581,6 +636,8 @@ def import_export(
         returns=returns,
         return_column=return_column,
         return_values=tuple(return_values) if return_values else ImportOptions.return_values,
+        quantity=quantity,
+        lines=lines,
     )
     return convert(read_export(source_path, encoding), options, policy)
 

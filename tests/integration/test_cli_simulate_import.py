@@ -176,3 +176,23 @@ def test_import_refuses_a_date_format_strptime_cannot_use(tmp_path: Path) -> Non
         app, ["import", str(source), "--out", out, "--currency", "USD", "--date-format", "%d.%m.%Y"]
     )
     assert good.exit_code == 0 and "imported 1 of 1 rows" in said(good)
+
+
+def test_import_of_order_lines_in_cp1252(tmp_path: Path) -> None:
+    """A Windows line-item export: --encoding, --quantity and --lines from the command line."""
+    source = tmp_path / "lines.csv"
+    source.write_bytes(
+        "Rechnung;Menge;Datum;Preis;Kunde;Land\r\n"
+        "R1;2;03.02.2025;9,95;K1;Österreich\r\nR1;1;03.02.2025;5,10;K1;Österreich\r\n".encode("cp1252")
+    )
+    out = tmp_path / "events.csv"
+    args = ["import", str(source), "--out", str(out), "--encoding", "cp1252", "--decimal-comma",
+            "--quantity", "Menge", "--lines", "--currency", "EUR",
+            "-m", "order_id=Rechnung", "-m", "occurred_at=Datum", "-m", "amount=Preis",
+            "-m", "customer_id=Kunde", "-m", "region=Land"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert "imported 2 of 2 rows" in said and "as 1 orders and refunds; 0 rejected" in said
+    events = pd.read_csv(out, dtype=str)
+    assert events[["order_id", "amount", "region"]].values.tolist() == [["R1", "25", "Österreich"]]

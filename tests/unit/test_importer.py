@@ -234,3 +234,37 @@ def test_exports_in_other_text_encodings_are_read_with_encoding(tmp_path: Path) 
     utf8.write_bytes("\ufeffCustID,OrderDate,Total\n1,2025-01-02,5\n".encode())  # a byte order mark
     for encoding in ("utf-8", "UTF8", "utf-8-sig"):
         assert one(import_export(utf8, RETAIL_MAP, currency="EUR", encoding=encoding))["customer_id"] == "1"
+
+
+def test_order_lines_are_summed_into_one_event_per_order(tmp_path: Path) -> None:
+    """A line-item export (price x quantity per row) becomes one event per order and type;
+    re-importing gives the same ids; a bad line is a reject and the rest of its order counts."""
+    lines = [
+        {"Invoice": "A1", "Qty": "6", "Date": "2025-01-02 08:26", "Price": "2.55", "CustID": "17850"},
+        {"Invoice": "A1", "Qty": "6", "Date": "2025-01-02 08:26", "Price": "3.39", "CustID": "17850"},
+        {"Invoice": "B2", "Qty": "32", "Date": "2025-01-03 09:00", "Price": "1.69", "CustID": "13047"},
+        {"Invoice": "B2", "Qty": "x", "Date": "2025-01-03 09:00", "Price": "2.10", "CustID": "13047"},
+        {"Invoice": "B2", "Qty": "-2", "Date": "2025-01-05 10:00", "Price": "1.69", "CustID": "13047"},
+        {"Invoice": "B2", "Qty": "-1", "Date": "2025-01-05 10:00", "Price": "1.00", "CustID": "13047"},
+    ]
+    path = export(tmp_path, lines)
+    mapping = {"customer_id": "CustID", "occurred_at": "Date", "amount": "Price", "order_id": "Invoice"}
+    options = {"currency": "GBP", "quantity": "Qty", "lines": True, "returns": "negative"}
+    result = import_export(path, mapping, **options)  # type: ignore[arg-type]
+    got = result.events[["order_id", "event_type", "customer_id", "amount"]].to_dict("records")
+    assert got == [
+        {"order_id": "A1", "event_type": "placed", "customer_id": "17850", "amount": pytest.approx(35.64)},
+        {"order_id": "B2", "event_type": "placed", "customer_id": "13047", "amount": pytest.approx(54.08)},
+        {"order_id": "B2", "event_type": "refunded", "customer_id": "13047", "amount": pytest.approx(4.38)},
+    ]
+    assert result.rejects[["row", "reason"]].values.tolist() == [[4, "unparseable_amount"]]
+    assert "quantity" in result.rejects["detail"].iloc[0]
+    again = import_export(path, mapping, **options)  # type: ignore[arg-type]
+    assert again.events["event_id"].tolist() == result.events["event_id"].tolist()
+    write_import(result, tmp_path / "events.parquet")
+    checked = validated(tmp_path / "events.parquet")
+    assert len(checked.events) == 3 and not checked.rejects
+    without_lines = import_export(path, mapping, **{**options, "lines": False})  # type: ignore[arg-type]
+    assert len(without_lines.events) == 5  # a row per line: the engine would see orders placed twice
+    with pytest.raises(ExportError, match="--quantity Units: no such column"):
+        import_export(path, mapping, **{**options, "quantity": "Units"})  # type: ignore[arg-type]
