@@ -462,6 +462,8 @@ def convert(
     except (ZoneInfoNotFoundError, ValueError):
         raise ExportError(f"--timezone {options.timezone!r} is not an IANA time zone") from None
     _check_date_format(options.date_format)
+    if options.lines and "order_id" not in mapping:
+        raise ExportError("--lines needs the column of order ids: map it with --map order_id=COLUMN")
     if options.quantity is not None and options.quantity not in frame.columns:
         raise ExportError(f"--quantity {options.quantity}: no such column; the export has {list(frame.columns)}")
     frame = frame.reset_index(drop=True)

@@ -266,5 +266,7 @@ def test_order_lines_are_summed_into_one_event_per_order(tmp_path: Path) -> None
     assert len(checked.events) == 3 and not checked.rejects
     without_lines = import_export(path, mapping, **{**options, "lines": False})  # type: ignore[arg-type]
     assert len(without_lines.events) == 5  # a row per line: the engine would see orders placed twice
+    with pytest.raises(ExportError, match="--lines needs the column of order ids"):
+        import_export(path, {k: v for k, v in mapping.items() if k != "order_id"}, **options)  # type: ignore[arg-type]
     with pytest.raises(ExportError, match="--quantity Units: no such column"):
         import_export(path, mapping, **{**options, "quantity": "Units"})  # type: ignore[arg-type]
