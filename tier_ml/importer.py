@@ -555,14 +555,11 @@ def _order_lines(events: pd.DataFrame) -> pd.DataFrame:
     """
     keyed = events.assign(currency=events["currency"].fillna(""))
     groups = keyed.groupby(list(LINE_KEYS), sort=False, dropna=False)
-    orders = groups.agg(
-        amount=("amount", lambda values: values.sum(min_count=1)),
-        channel=("channel", "first"),
-        region=("region", "first"),
-    ).reset_index()
+    orders = groups[["channel", "region"]].first()
+    orders["amount"] = groups["amount"].sum(min_count=1).round(9)  # a cancel has no amount
+    orders = orders.reset_index()
     content = orders[[*LINE_KEYS, "amount"]].astype(str)
     orders["event_id"] = "L" + _hex(pd.util.hash_pandas_object(content, index=False).to_numpy())
-    orders["amount"] = orders["amount"].round(9)
     return orders[list(EVENT_FIELDS)]
 
 
