@@ -41,6 +41,10 @@ EVENT_FIELDS = (
     "region",
 )
 REQUIRED_FIELDS = ("event_id", "event_type", "order_id", "customer_id", "occurred_at")
+#: The text a CSV row holds after the header's last column (the CSV readers add it to
+#: every row, None when there is none): such a row's fields cannot be trusted to be in
+#: their columns, so it is a ``malformed_row`` reject.
+BEYOND_HEADER = "beyond_header"
 
 # ISO 8601 as tier-ml accepts it: a date, optionally a time, optionally an offset.
 # A time without an offset is UTC.
@@ -78,6 +82,7 @@ class EventType(StrEnum):
 class RejectReason(StrEnum):
     """Why an event was rejected. The codes are stable: scripts count them."""
 
+    MALFORMED_ROW = "malformed_row"
     MISSING_FIELD = "missing_field"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     UNPARSEABLE_TIME = "unparseable_time"
@@ -246,6 +251,8 @@ def too_large(amount_text: str, policy: Policy) -> str:
 
 def check_row(raw: Mapping[str, Any], policy: Policy) -> OrderEvent | tuple[RejectReason, str]:
     """Validate one row on its own (no other rows needed): the event, or a reason and detail."""
+    if not _is_missing(extra := raw.get(BEYOND_HEADER)):
+        return RejectReason.MALFORMED_ROW, malformed_detail(_text(extra))
     for name in REQUIRED_FIELDS:
         if _is_missing(raw.get(name)):
             return RejectReason.MISSING_FIELD, f"{name} is missing"
@@ -298,6 +305,11 @@ def check_row(raw: Mapping[str, Any], policy: Policy) -> OrderEvent | tuple[Reje
         currency=currency,
         amount=amount,
     )
+
+
+def malformed_detail(extra: str) -> str:
+    """The detail of a ``malformed_row`` reject (the SQL path writes the same text)."""
+    return f"the row has more fields than the header ('{extra}' after the last column; an unquoted comma?)"
 
 
 def content(event: OrderEvent) -> tuple[Any, ...]:

@@ -33,7 +33,8 @@ maps such a file onto the nine canonical fields of TIER_RULES.md:
 
 Rows that cannot be converted are rejected with a reason (the codes of
 :class:`tier_ml.events.RejectReason`) and a detail, never dropped silently; every
-other row comes out. Cross-row checks (replays, duplicate orders, refunds of
+other row comes out. A row with text beyond the header's last column (an unquoted
+separator shifted its values) is ``malformed_row``; empty fields there are ignored. Cross-row checks (replays, duplicate orders, refunds of
 unknown orders) stay with :func:`tier_ml.events.validate`, as for any events file.
 """
 
@@ -126,9 +127,7 @@ def read_export(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix in {".csv", ".txt", ".tsv"}:
-            return pd.read_csv(
-                path, dtype=str, keep_default_na=False, sep=_separator(path, encoding), encoding=encoding
-            )
+            return _read_delimited(path, encoding)
         if suffix in {".parquet", ".pq"}:
             return pd.read_parquet(path)
     except UnicodeDecodeError as exc:
@@ -137,6 +136,40 @@ def read_export(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
     except Exception as exc:  # the parsers raise many types; the user needs one message
         raise ExportError(f"{path}: cannot read the export: {exc}") from None
     raise ExportError(f"{path}: unknown export format {suffix!r}; use .csv or .parquet")
+
+
+#: The column of ``read_export``'s frame holding what a row has beyond the header's last
+#: column (a NUL in the name: no export has such a column). ``convert`` rejects such rows.
+BEYOND_HEADER = "\0beyond_header"
+
+
+def _read_delimited(path: Path, encoding: str) -> pd.DataFrame:
+    """A text export with every field as text, and ``BEYOND_HEADER``: the fields a row has
+    after the header's last column, joined by the separator ("" for nearly every row).
+
+    The columns are named, so a row with more fields than the header is read, not an
+    error for the whole file; and an export that ends every line with a separator is
+    not taken for one with an index column first (pandas' guess), which shifted every value.
+    """
+    options = {"dtype": str, "keep_default_na": False, "sep": _separator(path, encoding), "encoding": encoding}
+    header = [str(name) for name in pd.read_csv(path, nrows=0, **options).columns]
+    extra = 1
+    while True:
+        names = [*header, *(f"{BEYOND_HEADER}{n}" for n in range(extra))]
+        try:
+            frame = pd.read_csv(path, header=None, skiprows=1, names=names, **options)
+            break
+        except pd.errors.ParserError as exc:  # a row with even more fields: name as many
+            saw = re.search(r"Expected \d+ fields in line \d+, saw (\d+)", str(exc))
+            if saw is None or int(saw.group(1)) <= len(names):
+                raise
+            extra = int(saw.group(1)) - len(header)
+    beyond = frame[names[len(header):]].fillna("")
+    text = beyond.iloc[:, 0].str.strip(" ")
+    for column in beyond.columns[1:]:
+        more = beyond[column].str.strip(" ")
+        text = text.where(more == "", text + options["sep"] + more)
+    return frame[header].assign(**{BEYOND_HEADER: text})
 
 
 def _codec_or_error(encoding: str) -> str:
@@ -456,6 +489,8 @@ def convert(
     frame: pd.DataFrame, options: ImportOptions, policy: Policy | None = None
 ) -> ImportResult:
     """Convert an export frame to canonical events and rejects (see the module docstring)."""
+    frame = frame.reset_index(drop=True)
+    beyond = frame.pop(BEYOND_HEADER) if BEYOND_HEADER in frame.columns else None
     mapping = resolve_mapping([str(c) for c in frame.columns], options.mapping)
     try:
         ZoneInfo(options.timezone)
@@ -466,8 +501,10 @@ def convert(
         raise ExportError("--lines needs the column of order ids: map it with --map order_id=COLUMN")
     if options.quantity is not None and options.quantity not in frame.columns:
         raise ExportError(f"--quantity {options.quantity}: no such column; the export has {list(frame.columns)}")
-    frame = frame.reset_index(drop=True)
     rejects = _Rejects(frame.index)
+    if beyond is not None:  # its values may sit in the wrong columns: nothing else is checked
+        detail = "is beyond the header's last column: the row has more fields (an unquoted separator?)"
+        rejects.add(beyond != "", RejectReason.MALFORMED_ROW, detail, beyond)
 
     customer = _text(frame[mapping["customer_id"]])
     rejects.add(customer == "", RejectReason.MISSING_FIELD, "customer_id is missing")

@@ -69,15 +69,44 @@ def test_a_short_row_is_a_reject_and_the_other_rows_count(tmp_path: Path) -> Non
     assert list(zip(rejects["row"], rejects["reason"], strict=True)) == [("2", "missing_field")]
 
 
-def test_fields_beyond_the_header_are_ignored(tmp_path: Path) -> None:
-    """Exports that end every line with a comma, and a row with a stray extra field."""
+def test_empty_fields_beyond_the_header_are_ignored_and_text_there_is_a_malformed_row(tmp_path: Path) -> None:
+    """Exports that end every line with a comma read as usual; a row with text after the
+    last column had its values shifted (an unquoted comma) or carries a stray field: its
+    columns cannot be trusted, so it is rejected rather than read with the wrong region."""
     path = _csv(tmp_path, f"{HEADER}\r\ne1,placed,o1,C1,2025-01-10T10:00:00Z,25000,USD,web,US,\r\n"
-                          "e2,placed,o2,C2,2025-01-10T10:00:00Z,20,USD,web,EU,,\r\n"
-                          "e3,placed,o3,C3,2025-01-10T10:00:00Z,30,USD,web,US,stray\r\n")
+                          "e2,placed,o2,C2,2025-01-10T10:00:00Z,20,USD,web,EU,, \r\n"
+                          "e3,placed,o3,C3,2025-01-10T10:00:00Z,30,USD,web,US,stray\r\n"
+                          "e4,placed,o4,C4,2025-01-10T10:00:00Z,40,USD,web,shop,EU\r\n"  # channel 'web,shop'
+                          'e5,placed,o5,C5,2025-01-10T10:00:00Z,50,USD,web,US,""\r\n')
     tiers, rejects = classify_both(path)
     assert list(zip(tiers["customer_id"], tiers["tier"], tiers["region"], strict=True)) == [
-        ("C1", "Gold", "US"), ("C2", "Silver", "EU"), ("C3", "Silver", "US")]
-    assert rejects.empty
+        ("C1", "Gold", "US"), ("C2", "Silver", "EU"), ("C5", "Silver", "US")]
+    assert list(zip(rejects["row"], rejects["reason"], rejects["region"], strict=True)) == [
+        ("3", "malformed_row", "US"), ("4", "malformed_row", "shop")]
+    assert list(rejects["detail"]) == [
+        "the row has more fields than the header ('stray' after the last column; an unquoted comma?)",
+        "the row has more fields than the header ('EU' after the last column; an unquoted comma?)"]
+
+
+def test_a_malformed_row_after_as_of_is_invisible_and_one_without_a_time_is_rejected(tmp_path: Path) -> None:
+    """The same visibility rule as every per-row reject (rows after ``as_of`` are unseen)."""
+    path = _csv(tmp_path, f"{HEADER}\ne1,placed,o1,C1,2026-02-01T00:00:00Z,25000,USD,web,US,x\n"
+                          "e2,placed,o2,C2,,20,USD,web,EU,x\n")
+    tiers, rejects = classify_both(path)
+    assert tiers.empty
+    assert list(zip(rejects["row"], rejects["reason"], strict=True)) == [("2", "malformed_row")]
+
+
+def test_a_header_column_named_like_the_extra_field_is_just_another_column(tmp_path: Path) -> None:
+    path = _csv(tmp_path, f"{HEADER},beyond_header\ne1,placed,o1,C1,2025-01-10T10:00:00Z,25000,USD,web,US,note\n"
+                          "e2,placed,o2,C2,2025-01-10T10:00:00Z,20,USD,web,EU,note,more\n")
+    tiers, rejects = classify_both(path)
+    assert list(tiers["customer_id"]) == ["C1"]
+    assert list(zip(rejects["row"], rejects["reason"], strict=True)) == [("2", "malformed_row")]
+    parquet = tmp_path / "events.parquet"
+    pq.write_table(pa.Table.from_pylist([{**_rows(["C1"])[0], "beyond_header": "note"}]), parquet)
+    tiers, rejects = classify_both(parquet)
+    assert list(tiers["customer_id"]) == ["C1"] and rejects.empty
 
 
 def test_header_spaces_a_byte_order_mark_and_quoted_fields(tmp_path: Path) -> None:

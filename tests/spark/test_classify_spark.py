@@ -85,6 +85,24 @@ def test_cli_spark_writes_the_duckdb_files_byte_for_byte(
     assert summary[0].split(";")[0] == want[0].split(";")[0]  # rows, rejects by reason, replays
 
 
+def test_spark_reads_rows_beyond_the_header_like_duckdb(spark: Any, tmp_path: Path) -> None:
+    """A CSV row with text after the last column is a ``malformed_row`` on both engines; a
+    Parquet column that happens to be named like that field is just another column."""
+    header = "event_id,event_type,order_id,customer_id,occurred_at,amount,currency,channel,region"
+    csv = tmp_path / "events.csv"
+    csv.write_text(f"{header}\ne1,placed,o1,C1,2025-01-10T10:00:00Z,25000,USD,web,US,\n"
+                   "e2,placed,o2,C2,2025-01-10T10:00:00Z,40,USD,web,shop,EU\n")
+    tiers, rejects, _ = _classify(tmp_path, csv, "spark")
+    assert (tiers, rejects) == _classify(tmp_path, csv, "duckdb")[:2]
+    assert b"malformed_row" in rejects and b"C1,Gold" in tiers
+    parquet = tmp_path / "events.parquet"
+    frame = pd.read_csv(csv, dtype=str, usecols=range(9)).iloc[:1].assign(beyond_header="note")
+    frame.to_parquet(parquet)
+    tiers, rejects, _ = _classify(tmp_path, parquet, "spark")
+    assert (tiers, rejects) == _classify(tmp_path, parquet, "duckdb")[:2]
+    assert b"C1,Gold" in tiers and rejects.count(b"\n") == 1  # the header only
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_spark_agrees_with_duckdb_on_tricky_events(spark: Any, seed: int) -> None:
     """Generated edge cases: same-instant ties, refunds at maturity, conflicting replays, bad rows."""

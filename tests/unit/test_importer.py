@@ -236,6 +236,30 @@ def test_exports_in_other_text_encodings_are_read_with_encoding(tmp_path: Path) 
         assert one(import_export(utf8, RETAIL_MAP, currency="EUR", encoding=encoding))["customer_id"] == "1"
 
 
+def test_rows_with_fields_beyond_the_header(tmp_path: Path) -> None:
+    """Empty fields after the last column (lines ending with a separator) change nothing,
+    not even the generated ids; a row with text there had its values shifted by an
+    unquoted separator and is rejected, while the rest of the file is imported."""
+    plain = tmp_path / "plain.csv"
+    plain.write_text("CustID,OrderDate,Total\n1,2025-01-02,5\n2,2025-01-03,7\n3,2025-01-04,9\n")
+    trailing = tmp_path / "trailing.csv"  # pandas took such a file's first column for an index
+    trailing.write_text("CustID,OrderDate,Total\n1,2025-01-02,5,\n2,2025-01-03,7,\n3,2025-01-04,9,, \n")
+    want = import_export(plain, RETAIL_MAP, currency="USD")
+    got = import_export(trailing, RETAIL_MAP, currency="USD")
+    assert got.rejects.empty and len(want.events) == 3
+    pd.testing.assert_frame_equal(got.events, want.events)
+
+    shifted = tmp_path / "shifted.csv"
+    shifted.write_text("CustID,OrderDate,Total\n1,2025-01-02,5\n2,2025-01-03,1,234.50\n3,2025-01-04,9,x,y\n4,2025-01-05,3\n")
+    result = import_export(shifted, RETAIL_MAP, currency="USD")
+    assert result.events["customer_id"].tolist() == ["1", "4"]
+    assert result.rejects["row"].tolist() == [2, 3]
+    assert set(result.rejects["reason"]) == {"malformed_row"}
+    assert result.rejects["detail"].str.startswith(("'234.50' is beyond", "'x,y' is beyond")).all()
+    assert result.rejects["Total"].tolist() == ["1", "9"]  # the row as read
+    assert "beyond" not in " ".join(map(str, result.rejects.columns))
+
+
 def test_order_lines_are_summed_into_one_event_per_order(tmp_path: Path) -> None:
     """A line-item export (price x quantity per row) becomes one event per order and type;
     re-importing gives the same ids; a bad line is a reject and the rest of its order counts."""

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.eventgen import random_events, random_policy
-from tier_ml.events import OrderEvent, check_row, content, parse_instant, validate
+from tier_ml.events import BEYOND_HEADER, OrderEvent, check_row, content, parse_instant, validate
 from tier_ml.store.intake import (
     CLAIMING_REASONS,
     LedgerReader,
@@ -220,7 +220,7 @@ def test_row_checker_gives_what_check_row_gives(seed: int) -> None:
     rows = [canonical_raw(row) for row in random_events(rng, customers=5)]
     for row in list(rows):  # and each row again with one field replaced by an odd value
         odd = dict(row)
-        odd[rng.choice(sorted(odd))] = rng.choice(ODD_VALUES)
+        odd[rng.choice([*sorted(odd), BEYOND_HEADER])] = rng.choice(ODD_VALUES)  # or a CSV row's extra text
         rows.append(odd)
     checker = RowChecker(policy)
     for row in rows:

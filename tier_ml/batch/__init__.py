@@ -50,11 +50,11 @@ from tier_ml.batch.placements import PlacementsHook, SortedPlacements, customer_
 from tier_ml.batch.replay import replay_stage
 from tier_ml.batch.source import (
     connect,
-    field_expr,
     keeps_raw_fields,
     read_error,
     read_events,
     register_source,
+    source_columns,
     sql_literal,
 )
 from tier_ml.batch.validation import (
@@ -84,7 +84,6 @@ __all__ = [
     "classify_to_files",
     "connect",
     "customer_key_sql",
-    "field_expr",
     "keeps_raw_fields",
     "orders_sql",
     "output_sql",
@@ -93,6 +92,7 @@ __all__ = [
     "register_source",
     "replay_stage",
     "run_pipeline",
+    "source_columns",
     "sql_literal",
     "stateless_detail_sql",
     "stateless_sql",

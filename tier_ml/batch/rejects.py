@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tier_ml.batch.source import REBUILT_TIMES, source_columns
 from tier_ml.batch.validation import CANCELLED, PLACED, REFUNDED, stateless_detail_sql
-from tier_ml.events import EVENT_FIELDS
+from tier_ml.events import BEYOND_HEADER, EVENT_FIELDS
 from tier_ml.policy import Policy
 
 
@@ -19,7 +19,8 @@ def _kept_fields_sql(types: dict[str, str]) -> str:
         f"{REBUILT_TIMES[types['occurred_at']].format(at='at_us')} AS occurred_at, "
         "CAST(amount_raw AS VARCHAR) AS amount, currency, channel, nullif(region, '') AS region, "
         "at_us IS NULL AS occurred_at_missing, at_us, amount_raw IS NULL AS amount_missing, "
-        f"CASE WHEN isfinite({amount}) THEN {amount} END AS amount_num"
+        f"CASE WHEN isfinite({amount}) THEN {amount} END AS amount_num, "
+        f"CAST(NULL AS VARCHAR) AS {BEYOND_HEADER}"  # a typed source is never CSV
     )
 
 

@@ -17,6 +17,7 @@ import duckdb
 
 from tier_ml.events import (
     AMOUNT_PATTERN,
+    BEYOND_HEADER,
     EVENT_FIELDS,
     REQUIRED_FIELDS,
     TIME_PATTERN,
@@ -81,7 +82,8 @@ def _csv_header(path: Path) -> list[str]:
     """The column names of a CSV file's header line.
 
     Spaces around a name are ignored (as around values); a name seen before gets a
-    suffix, so the first column of that name is the one read.
+    suffix, so the first column of that name is the one read. ``BEYOND_HEADER`` counts
+    as seen: it names the column ``_csv_scan`` adds after the header's.
     """
     try:
         with path.open("rb") as handle:
@@ -92,7 +94,7 @@ def _csv_header(path: Path) -> list[str]:
         raise EventReadError(f"{path}: cannot read csv events: header line: {exc}") from None
     if not header:
         raise EventReadError(f"{path}: cannot read csv events: no header line (the file is empty)")
-    names: list[str] = []
+    names: list[str] = [BEYOND_HEADER]
     for index, raw in enumerate(header, start=1):
         name = raw.strip(" ") or f"column{index}"
         unique, copy = name, 1
@@ -100,7 +102,7 @@ def _csv_header(path: Path) -> list[str]:
             copy += 1
             unique = f"{name}_{copy}"
         names.append(unique)
-    return names
+    return names[1:]
 
 
 def _text_lines(handle: BinaryIO) -> Iterator[str]:
@@ -138,8 +140,11 @@ def _csv_scan(path: Path) -> str:
 
     The dialect is fixed rather than sniffed, so every path reads a file the same way
     (a sniffer guesses from a sample: a semicolon file or one short row changed its guess).
-    A row with fewer fields than the header has the rest missing (a reject), and fields
-    beyond the header's are ignored (an export that ends every line with a comma).
+    A row with fewer fields than the header has the rest missing (a reject). The field
+    after the header's last is read as ``BEYOND_HEADER``: empty in an export that ends
+    every line with a comma, and text when a row has more fields than the header (an
+    unquoted comma shifted its values), which makes the row a ``malformed_row`` reject.
+    Fields after that one are not read.
 
     Quotes are counted first. Closed quotes come in pairs (one inside a quoted field is
     doubled), and after a quote that is never closed a lenient reader takes the rest of
@@ -147,7 +152,8 @@ def _csv_scan(path: Path) -> str:
     read, naming the line. A file with quotes is read on one thread: DuckDB's parallel
     reader cannot pad short rows when a quoted field may hold a line break.
     """
-    columns = "{" + ", ".join(f"{sql_literal(name)}: 'VARCHAR'" for name in _csv_header(path)) + "}"
+    names = [*_csv_header(path), BEYOND_HEADER]
+    columns = "{" + ", ".join(f"{sql_literal(name)}: 'VARCHAR'" for name in names) + "}"
     quotes = _quote_count(path)
     if quotes % 2 and (line := _unclosed_quote_line(path)) is not None:
         raise EventReadError(f"{path}: cannot read csv events: the quote opened on line {line} is never closed")
@@ -175,7 +181,7 @@ def _json_keys(con: duckdb.DuckDBPyConnection, path: Path) -> set[str]:
 
 def _missing_columns(source: str | Path, found: Iterable[str]) -> EventReadError | None:
     """The error for a file without every required column, None when it has them."""
-    found = sorted(name for name in found if name != "row")
+    found = sorted(name for name in found if name not in ("row", BEYOND_HEADER))
     missing = [name for name in REQUIRED_FIELDS if name not in found]
     if not missing:
         return None
@@ -186,7 +192,11 @@ def _missing_columns(source: str | Path, found: Iterable[str]) -> EventReadError
 
 
 def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.DataFrame) -> None:
-    """Expose the input as view ``src`` with the nine event fields and a 1-based ``row``."""
+    """Expose the input as view ``src`` with the nine event fields and a 1-based ``row``.
+
+    ``src`` also has ``BEYOND_HEADER``, which only a CSV file's rows can fill (``src_raw``
+    has that column for a CSV scan only: a Parquet column of that name is left out).
+    """
     present: set[str] | None = None  # the columns a JSON lines file has, when not all are read
     if is_frame(source):
         frame = source.copy()
@@ -218,6 +228,8 @@ def register_source(con: duckdb.DuckDBPyConnection, source: str | Path | pd.Data
             if kind == "jsonl":  # the keys the file has (from a sample), for the check below
                 present = _json_keys(con, path)
             con.execute(f"CREATE OR REPLACE TEMP VIEW src_raw AS {scan}")
+            if kind != "csv" and BEYOND_HEADER in raw_types(con):  # a column of the file: not ours
+                con.execute(f'CREATE OR REPLACE TEMP VIEW src_raw AS SELECT * EXCLUDE ("{BEYOND_HEADER}") FROM ({scan})')
             con.execute("SELECT * FROM src_raw LIMIT 0")
         except duckdb.Error as exc:
             raise read_error(path, exc) from None
@@ -250,8 +262,11 @@ def keeps_raw_fields(types: dict[str, str]) -> bool:
 
 
 def source_columns(types: dict[str, str]) -> str:
-    """The select list of view ``src`` over ``src_raw`` (whose column types are ``types``)."""
-    return ", ".join(["row"] + [field_expr(name, types.get(name)) for name in EVENT_FIELDS])
+    """The select list of view ``src`` over ``src_raw`` (whose column types are ``types``):
+    the row, the fields and ``BEYOND_HEADER`` (only a CSV scan has it; NULL for others)."""
+    beyond = _text_expr(BEYOND_HEADER, types.get(BEYOND_HEADER))
+    fields = [field_expr(name, types.get(name)) for name in EVENT_FIELDS]
+    return ", ".join(["row", *fields, f"{beyond} AS {BEYOND_HEADER}"])
 
 
 def raw_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -334,7 +349,8 @@ def read_events(path: str | Path) -> pd.DataFrame:
     reads a file alike. Fields are text as written; a typed Parquet column becomes
     DuckDB's text of its value (an integer id its digits, a timestamp with its offset, a
     nanosecond one with all nine digits, NaN ``nan``), which validation parses like any
-    text. Missing columns are None.
+    text. Missing columns are None. A CSV file's rows also have ``BEYOND_HEADER``: the
+    text after the header's last column, which ``check_row`` rejects (None nearly always).
     """
     path = Path(path)
     con = connect()
@@ -342,6 +358,8 @@ def read_events(path: str | Path) -> pd.DataFrame:
         register_source(con, path)
         types = raw_types(con)
         fields = ", ".join(_raw_text(name, types.get(name)) for name in EVENT_FIELDS)
+        if BEYOND_HEADER in types:  # a CSV file
+            fields += f", {_text_expr(BEYOND_HEADER, 'VARCHAR')} AS {BEYOND_HEADER}"
         try:
             return con.sql(f"SELECT {fields} FROM src_raw ORDER BY row").df()
         except duckdb.Error as exc:  # a row that breaks the file's format

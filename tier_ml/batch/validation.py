@@ -7,7 +7,7 @@ its amount in base-currency micro-units and the hashes the ledger searches by.
 from __future__ import annotations
 
 from tier_ml.batch.source import sql_literal
-from tier_ml.events import too_large
+from tier_ml.events import BEYOND_HEADER, malformed_detail, too_large
 from tier_ml.money import MAX_AMOUNT
 from tier_ml.policy import Policy
 
@@ -70,6 +70,7 @@ def checked_select(policy: Policy, as_of_us: int, keep_raw: bool = False) -> str
         SELECT *,
            CASE
              WHEN at_us > {as_of_us} THEN NULL  -- rows after as_of are invisible, also for rejects
+             WHEN {BEYOND_HEADER} IS NOT NULL THEN 'malformed_row'
              WHEN event_id IS NULL OR event_type IS NULL OR order_id IS NULL OR customer_id IS NULL
                OR occurred_at_missing THEN 'missing_field'
              WHEN kind IS NULL THEN 'unknown_event_type'
@@ -96,8 +97,10 @@ def stateless_detail_sql(policy: Policy) -> str:
     kind = _KIND_CODE.replace("event_type", "s.event_type")
     q = "'''"  # a quote inside a SQL string literal
     before_amount, after_amount = too_large("\0", policy).split("\0")
+    before_extra, after_extra = malformed_detail("\0").split("\0")
     return f"""
     CASE
+      WHEN s.{BEYOND_HEADER} IS NOT NULL THEN {sql_literal(before_extra)} || s.{BEYOND_HEADER} || {sql_literal(after_extra)}
       WHEN s.event_id IS NULL THEN 'event_id is missing'
       WHEN s.event_type IS NULL THEN 'event_type is missing'
       WHEN s.order_id IS NULL THEN 'order_id is missing'

@@ -50,18 +50,24 @@ from tier_ml.batch import (
     TIERS_FILE_TYPES,
     BatchSummary,
     connect,
-    field_expr,
     orders_sql,
     output_sql,
     read_error,
     register_source,
     replay_stage,
+    source_columns,
     sql_literal,
     stateless_detail_sql,
     stateless_sql,
 )
 from tier_ml.engines import EngineUnavailableError
-from tier_ml.events import EVENT_FIELDS, REQUIRED_FIELDS, EventReadError, detect_format
+from tier_ml.events import (
+    BEYOND_HEADER,
+    EVENT_FIELDS,
+    REQUIRED_FIELDS,
+    EventReadError,
+    detect_format,
+)
 from tier_ml.policy import Policy
 
 if TYPE_CHECKING:
@@ -196,7 +202,8 @@ def read_source(spark: SparkSession, source: str | Path | pd.DataFrame) -> DataF
         starts = spark.createDataFrame(offsets, "_file string, _offset long")
         raw = raw.join(F.broadcast(starts), "_file")
         row = F.col("_offset") + F.col("_index") + 1
-    columns = [c for c in raw.columns if c not in {"_file", "_index", "_offset", "row"}]
+    dropped = {"_file", "_index", "_offset", "row", BEYOND_HEADER}  # BEYOND_HEADER: CSV rows only
+    columns = [c for c in raw.columns if c not in dropped]
     return raw.select(row.cast("long").alias("row"), *columns)
 
 
@@ -243,8 +250,8 @@ def _src_view(con: Any, batch: pa.RecordBatch) -> None:
     """View ``src`` over one Arrow batch, built like ``tier_ml.batch.register_source``."""
     con.register("src_raw", pa.Table.from_batches([batch]))
     types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE src_raw)").fetchall())
-    columns = ["row"] + [field_expr(name, types.get(name)) for name in EVENT_FIELDS]
-    con.execute(f"CREATE OR REPLACE TEMP VIEW src AS SELECT {', '.join(columns)} FROM src_raw")
+    columns = source_columns(types)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW src AS SELECT {columns} FROM src_raw")
 
 
 def _check_rows(

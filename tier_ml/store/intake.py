@@ -46,6 +46,7 @@ from typing import Any
 import pandas as pd
 
 from tier_ml.events import (
+    BEYOND_HEADER,
     EVENT_FIELDS,
     EventType,
     OrderEvent,
@@ -128,7 +129,8 @@ class Admission:
 
 
 def canonical_raw(row: Mapping[str, Any]) -> RawEvent:
-    """The nine canonical fields of a row as text (None when missing), as the ledger stores them.
+    """The nine canonical fields of a row as text (None when missing), as the ledger stores them
+    (and ``BEYOND_HEADER`` when the row has it, which makes it a ``malformed_row`` reject).
 
     Text stays exactly as delivered; typed values (a Parquet timestamp, a float
     amount) are written the way ``tier_ml.events`` reads them back unchanged:
@@ -138,6 +140,8 @@ def canonical_raw(row: Mapping[str, Any]) -> RawEvent:
     for name in EVENT_FIELDS:
         value = row.get(name)
         raw[name] = value if value is None or type(value) is str else _as_text(value)
+    if (extra := row.get(BEYOND_HEADER)) is not None:  # a CSV row with more fields: a reject
+        raw[BEYOND_HEADER] = _as_text(extra)
     return raw
 
 
@@ -258,7 +262,7 @@ class RowChecker:
         unsupported = unsupported_text(raw)
         if unsupported is not None:
             return unsupported
-        event = self._valid_text_row(raw)
+        event = None if raw.get(BEYOND_HEADER) else self._valid_text_row(raw)
         return event if event is not None else check_row(raw, self.policy)
 
     def check_all(self, raws: Sequence[Mapping[str, Any]]) -> list[Checked]:

@@ -72,6 +72,27 @@ def test_tiers_export_writes_the_file_classify_writes(store_url: str, events_fil
             assert ours.to_pylist() == theirs.to_pylist()
 
 
+def test_a_csv_row_with_more_fields_than_the_header_is_rejected_as_classify_rejects_it(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Its values are shifted (an unquoted comma): the store must not take them as read."""
+    header = "event_id,event_type,order_id,customer_id,occurred_at,amount,currency,channel,region"
+    path = tmp_path / "events.csv"
+    path.write_text(f"{header}\ne1,placed,o1,C1,2025-01-10T10:00:00Z,25000,USD,web,US,\n"
+                    "e2,placed,o2,C2,2025-01-10T10:00:00Z,40,USD,web,shop,EU\n")
+    ingested = run("ingest", str(path), "--now", NOW, "--db", store_url)
+    assert ingested.exit_code == 0 and "1 accepted" in said(ingested), ingested.output
+    rejects = tmp_path / "rejects.jsonl"
+    assert run("rejects", "export", "-o", str(rejects), "--db", store_url).exit_code == 0
+    rows = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [(r["event_id"], r["reason"], r["region"]) for r in rows] == [("e2", "malformed_row", "shop")]
+    assert "'EU' after the last column" in rows[0]["detail"]
+    exported, classified = tmp_path / "export.csv", tmp_path / "classify.csv"
+    assert run("tiers", "export", "--now", NOW, "-o", str(exported), "--db", store_url).exit_code == 0
+    assert run("classify", "--events", str(path), "--as-of", NOW, "--out", str(classified)).exit_code == 0
+    assert exported.read_bytes() == classified.read_bytes()
+
+
 def test_sweep_policy_audit_and_overrides(store_url: str, events_file, tmp_path: Path) -> None:
     path, _ = events_file
     assert run("ingest", str(path), "--now", NOW, "--db", store_url).exit_code == 0
