@@ -143,7 +143,7 @@ def classify(
         Path, typer.Option("--events", "-e", help="Events file: .csv, .jsonl or .parquet.")
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Tiers file to write (.csv or .parquet).")
+        Path, typer.Option("--out", "-o", help="Tiers file to write: .csv, .parquet or .jsonl (CSV for any other name).")
     ] = Path("tiers.csv"),
     policy: PolicyOption = None,
     as_of: Annotated[
@@ -156,7 +156,7 @@ def classify(
     ] = None,
     rejects: Annotated[
         Path | None,
-        typer.Option("--rejects", help="Write rejected rows with their reasons here (.csv)."),
+        typer.Option("--rejects", help="Write rejected rows with their reasons here (.csv, .parquet or .jsonl)."),
     ] = None,
     engine: Annotated[
         str,

@@ -61,6 +61,28 @@ def test_every_engine_writes_parquet_of_one_schema(tmp_path: Path) -> None:
     assert tables["reference"].to_pylist() == tables["duckdb"].to_pylist()
 
 
+def test_json_lines_outputs_hold_what_the_csv_files_hold(tmp_path: Path) -> None:
+    """``--out tiers.jsonl`` (or .json, .ndjson): one object per customer, the same bytes from
+    every engine; before, any suffix but .parquet got CSV text."""
+    events = _events_file(tmp_path)
+    files = {}
+    for engine in ("duckdb", "reference"):
+        for suffix in ("csv", "jsonl"):
+            out, rejects = tmp_path / f"{engine}.{suffix}", tmp_path / f"{engine}_rejects.{suffix}"
+            result = runner.invoke(app, ["classify", "--events", str(events), "--as-of", "2025-06-30",
+                                         "--out", str(out), "--rejects", str(rejects), "--engine", engine])
+            assert result.exit_code == 0, result.output
+            files[engine, suffix] = out.read_bytes() + rejects.read_bytes()
+    assert files["duckdb", "jsonl"] == files["reference", "jsonl"]
+    lines = pd.read_json(tmp_path / "duckdb.jsonl", lines=True, dtype={"customer_id": str, "region": str})
+    csv = pd.read_csv(tmp_path / "duckdb.csv", dtype={"customer_id": str, "region": str}, keep_default_na=False)
+    assert lines["customer_id"].tolist() == csv["customer_id"].tolist()
+    assert lines["qualifying_spend"].tolist() == csv["qualifying_spend"].tolist()
+    assert json.loads((tmp_path / "duckdb.jsonl").read_text().splitlines()[0])["tier"] in {"Silver", "Gold", "VIP"}
+    rejects = pd.read_json(tmp_path / "duckdb_rejects.jsonl", lines=True)
+    assert rejects["reason"].tolist() == pd.read_csv(tmp_path / "duckdb_rejects.csv")["reason"].tolist()
+
+
 def test_csv_parquet_and_jsonl_inputs_give_the_same_files(tmp_path: Path) -> None:
     """The same rows as CSV, Parquet (text) and JSON lines: tiers and rejects byte for byte.
 

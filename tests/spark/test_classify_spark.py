@@ -103,6 +103,18 @@ def test_spark_reads_rows_beyond_the_header_like_duckdb(spark: Any, tmp_path: Pa
     assert b"C1,Gold" in tiers and rejects.count(b"\n") == 1  # the header only
 
 
+def test_spark_writes_json_lines_like_duckdb(spark: Any, simulated: Path, tmp_path: Path) -> None:
+    files = {}
+    for engine in ("spark", "duckdb"):
+        out, rejects = tmp_path / f"{engine}.jsonl", tmp_path / f"{engine}_rejects.ndjson"
+        result = runner.invoke(app, ["classify", "-e", str(simulated), "--as-of", "2025-09-30",
+                                     "-o", str(out), "--rejects", str(rejects), "--engine", engine])
+        assert result.exit_code == 0, result.output
+        files[engine] = (out.read_bytes(), rejects.read_bytes())
+    assert files["spark"] == files["duckdb"]
+    assert files["spark"][0].startswith(b'{"customer_id":')
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_spark_agrees_with_duckdb_on_tricky_events(spark: Any, seed: int) -> None:
     """Generated edge cases: same-instant ties, refunds at maturity, conflicting replays, bad rows."""

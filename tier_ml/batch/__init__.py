@@ -34,6 +34,8 @@ from tier_ml.batch.ledger import REPLAY_CONTENT
 from tier_ml.batch.orders import orders_sql
 from tier_ml.batch.output import TIERS_FILE_TYPES, output_sql
 from tier_ml.batch.pipeline import (
+    JSON_LINES_SUFFIXES,
+    PARQUET_SUFFIXES,
     PIPELINE_STAGES,
     REJECT_COLUMNS,
     BatchSummary,
@@ -41,6 +43,7 @@ from tier_ml.batch.pipeline import (
     classify_reference_to_files,
     classify_states,
     classify_to_files,
+    copy_format,
     run_pipeline,
     summarize,
     write_table,
@@ -68,6 +71,8 @@ from tier_ml.batch.validation import (
 
 __all__ = [
     "CANCELLED",
+    "JSON_LINES_SUFFIXES",
+    "PARQUET_SUFFIXES",
     "PIPELINE_STAGES",
     "PLACED",
     "REFUNDED",
@@ -83,6 +88,7 @@ __all__ = [
     "classify_states",
     "classify_to_files",
     "connect",
+    "copy_format",
     "customer_key_sql",
     "keeps_raw_fields",
     "orders_sql",

@@ -129,12 +129,29 @@ def classify_frame(
         con.close()
 
 
+#: Result file suffixes other than CSV (the format of any other name, ``/dev/stdout`` too).
+PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
+JSON_LINES_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})  # as the store's exports
+
+
+def copy_format(out: Path | str) -> str:
+    """DuckDB ``COPY`` options for a result file by its suffix: Parquet, JSON lines (one
+    object per row; money as a number with two decimals, a missing value null) or CSV."""
+    suffix = Path(out).suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        return "FORMAT PARQUET"
+    if suffix in JSON_LINES_SUFFIXES:
+        return "FORMAT JSON"
+    return "FORMAT CSV, HEADER"
+
+
 def write_table(
     con: duckdb.DuckDBPyConnection, table: str, out: Path, order_by: str | None = None
 ) -> None:
-    """Write a result table as CSV or Parquet, by the file's suffix (rows in ``order_by`` order)."""
+    """Write a result table as CSV, Parquet or JSON lines, by the file's suffix (rows in
+    ``order_by`` order)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "FORMAT PARQUET" if out.suffix.lower() in {".parquet", ".pq"} else "FORMAT CSV, HEADER"
+    fmt = copy_format(out)
     query = table if order_by is None else f"(SELECT * FROM {table} ORDER BY {order_by})"
     con.execute(f"COPY {query} TO {sql_literal(str(out))} ({fmt})")
 
@@ -185,7 +202,7 @@ def classify_reference_to_files(
 
 def write_tiers_frame(frame: pd.DataFrame, out: Path) -> None:
     """Write a tiers frame (money in whole cents, instants as timestamps or ISO text) exactly as
-    the batch path writes its tiers file: CSV or Parquet, typed by ``TIERS_FILE_TYPES``."""
+    the batch path writes its tiers file: CSV, Parquet or JSON lines, typed by ``TIERS_FILE_TYPES``."""
     con = connect()
     try:
         con.register("tiers_frame", _as_text_columns(frame))

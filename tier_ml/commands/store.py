@@ -437,13 +437,9 @@ def tiers_export(
     engine = _open(db)
     with _store_errors():
         frame = export_tiers(engine, now_us)
-    fmt = _format_of(out, None)
-    if fmt == "jsonl":
-        _write_frame(frame, out, fmt)
-    else:  # the file `classify` writes, types included (money as decimal(18, 2))
-        from tier_ml.batch import write_tiers_frame
+    from tier_ml.batch import write_tiers_frame
 
-        write_tiers_frame(frame, out)
+    write_tiers_frame(frame, out)  # the file `classify` writes, types included (money as decimal(18, 2))
     counts = frame["tier"].value_counts().to_dict()
     summary = ", ".join(f"{tier} {count:,}" for tier, count in counts.items())
     _console().print(f"wrote {len(frame):,} customers to {out} ({summary})", highlight=False)

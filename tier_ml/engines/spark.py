@@ -43,6 +43,8 @@ import pandas as pd
 import pyarrow as pa
 
 from tier_ml.batch import (
+    JSON_LINES_SUFFIXES,
+    PARQUET_SUFFIXES,
     PLACED,
     REFUNDED,
     REJECT_COLUMNS,
@@ -50,6 +52,7 @@ from tier_ml.batch import (
     TIERS_FILE_TYPES,
     BatchSummary,
     connect,
+    copy_format,
     orders_sql,
     output_sql,
     read_error,
@@ -717,16 +720,17 @@ def classify_spark_frame(
 
 
 def write_frame(frame: DataFrame, out: Path | str, order_by: tuple[str, ...]) -> None:
-    """Write a result as one local file (CSV or Parquet by suffix) or as a Spark directory.
+    """Write a result as one local file (CSV, Parquet or JSON lines by suffix) or as a Spark directory.
 
-    A local path with a ``.csv``/``.parquet`` suffix gets a single file, ordered
-    by ``order_by`` and written by DuckDB from Spark's Parquet parts, so it is
+    A local path with a ``.csv``, ``.parquet`` or ``.jsonl`` suffix gets a single file,
+    ordered by ``order_by`` and written by DuckDB from Spark's Parquet parts, so it is
     byte for byte the file ``--engine duckdb`` writes. Any other target (a
     directory, ``s3://``, ``hdfs://``, ``dbfs:/``) gets Spark's part files.
     """
     target = str(_target(out))
     suffix = Path(target).suffix.lower()
-    if _has_scheme(target) or suffix not in {".csv", ".parquet", ".pq"}:
+    single = {".csv", *PARQUET_SUFFIXES, *JSON_LINES_SUFFIXES}
+    if _has_scheme(target) or suffix not in single:
         writer = frame.orderBy(*order_by).write.mode("overwrite")
         if suffix == ".csv":
             writer.option("header", True).option("escape", '"').csv(target)
@@ -738,7 +742,7 @@ def write_frame(frame: DataFrame, out: Path | str, order_by: tuple[str, ...]) ->
     parts = path.parent / f".{path.name}.parts-{uuid.uuid4().hex[:8]}"
     try:
         frame.write.mode("overwrite").parquet(str(parts))
-        fmt = "FORMAT PARQUET" if suffix in {".parquet", ".pq"} else "FORMAT CSV, HEADER"
+        fmt = copy_format(path)
         con = connect()
         try:
             files = sorted(str(p) for p in parts.glob("*.parquet"))
