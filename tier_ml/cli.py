@@ -348,8 +348,8 @@ def import_command(
     currency: Annotated[
         str | None, typer.Option(
             "--currency",
-            help="Currency of amounts when the export has no currency column, e.g. USD. Without it an "
-            "amount whose text names none ($, EUR) is rejected: currency is missing.",
+            help="Currency of amounts that name none, e.g. USD: a currency column or a symbol or code "
+            "in the amount ($, €, EUR) comes first. Without it such an amount is rejected: currency is missing.",
         )
     ] = None,
     channel: Annotated[
@@ -371,13 +371,16 @@ def import_command(
         ),
     ] = None,
     day_first: Annotated[
-        bool, typer.Option("--day-first", help="Read 03/02/2025 as 3 February (not March 2).")
+        bool, typer.Option("--day-first", help="Read 03/02/2025 as 3 February (not March 2). Without it, a column "
+        "whose first numbers go above 12 while the second ones never do is read day first anyway.")
     ] = False,
     timezone: Annotated[
-        str, typer.Option("--timezone", help="Time zone of times without an offset (IANA name).")
+        str, typer.Option("--timezone", help="Time zone of times without an offset (IANA name). A time "
+        "the clocks show twice or skip is read as Python reads it (the first; the offset before the change).")
     ] = "UTC",
     decimal_comma: Annotated[
-        bool, typer.Option("--decimal-comma", help="Amounts like 1.234,50 (comma decimals).")
+        bool, typer.Option("--decimal-comma", help="Amounts like 1.234,50 (comma decimals). An amount whose "
+        "separators only fit the other mark (89,90 without it) is rejected with a hint, not misread.")
     ] = False,
     returns: Annotated[
         str,
@@ -420,7 +423,9 @@ def import_command(
         typer.Option(
             "--lines",
             help="Rows are order lines: the lines of an order (same order, type, customer, time and "
-            "currency) become one event with their sum.",
+            "currency) become one event with their sum. Map the line amount, not an order total "
+            "repeated on each line. Customer, time, currency, channel or region left blank on an "
+            "order's later lines are taken from its first line.",
         ),
     ] = False,
 ) -> None:

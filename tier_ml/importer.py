@@ -43,6 +43,7 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -131,7 +132,11 @@ def read_export(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
         if suffix in {".parquet", ".pq"}:
             return pd.read_parquet(path)
     except UnicodeDecodeError as exc:
-        hint = " (saved by Excel on Windows? try --encoding cp1252)" if encoding == "utf-8-sig" else ""
+        hint = ""
+        if encoding == "utf-8-sig":
+            with path.open("rb") as handle:
+                utf16 = handle.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+            hint = " (try --encoding utf-16)" if utf16 else " (saved by Excel on Windows? try --encoding cp1252)"
         raise ExportError(f"{path}: cannot read the export: it is not {exc.encoding} text{hint}") from None
     except Exception as exc:  # the parsers raise many types; the user needs one message
         raise ExportError(f"{path}: cannot read the export: {exc}") from None
@@ -151,13 +156,14 @@ def _read_delimited(path: Path, encoding: str) -> pd.DataFrame:
     error for the whole file; and an export that ends every line with a separator is
     not taken for one with an index column first (pandas' guess), which shifted every value.
     """
-    options = {"dtype": str, "keep_default_na": False, "sep": _separator(path, encoding), "encoding": encoding}
-    header = [str(name) for name in pd.read_csv(path, nrows=0, **options).columns]
+    separator, before = _separator(path, encoding)
+    options = {"dtype": str, "keep_default_na": False, "sep": separator, "encoding": encoding}
+    header = [str(name) for name in pd.read_csv(path, nrows=0, skiprows=before, **options).columns]
     extra = 1
     while True:
         names = [*header, *(f"{BEYOND_HEADER}{n}" for n in range(extra))]
         try:
-            frame = pd.read_csv(path, header=None, skiprows=1, names=names, **options)
+            frame = pd.read_csv(path, header=None, skiprows=before + 1, names=names, **options)
             break
         except pd.errors.ParserError as exc:  # a row with even more fields: name as many
             saw = re.search(r"Expected \d+ fields in line \d+, saw (\d+)", str(exc))
@@ -181,15 +187,24 @@ def _codec_or_error(encoding: str) -> str:
     return "utf-8-sig" if name == "utf-8" else name
 
 
-def _separator(path: Path, encoding: str) -> str:
-    """The delimiter of a text export: the most frequent of , ; tab | in its header line."""
+def _separator(path: Path, encoding: str) -> tuple[str, int]:
+    """The delimiter of a text export and the lines before its header: the most frequent of
+    , ; tab | in the header line, or the one a first line ``sep=;`` names (Excel writes it)."""
     with path.open(encoding=encoding, errors="replace") as handle:
-        header = handle.readline()
-    return max([",", ";", "\t", "|"], key=header.count)
+        header = handle.readline().lstrip("\ufeff")
+        if (named := re.fullmatch(r"sep=(.)\s*", header)) is not None:
+            return named.group(1), 1
+    return max([",", ";", "\t", "|"], key=header.count), 0
+
+
+def _field_name(column: str) -> str:
+    """A column name as a canonical field would spell it: ``Order ID`` -> ``order_id``."""
+    return re.sub(r"[\s\-]+", "_", column.strip()).lower()
 
 
 def resolve_mapping(columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
-    """Check a mapping against the export's columns; add fields named like a column."""
+    """Check a mapping against the export's columns; add fields named like a column (in any
+    case, with spaces or dashes for underscores, when one column alone is named so)."""
     unknown = sorted(set(mapping) - set(EVENT_FIELDS))
     if unknown:
         raise ExportError(f"--map names unknown fields {unknown}; fields are {list(EVENT_FIELDS)}")
@@ -198,9 +213,16 @@ def resolve_mapping(columns: list[str], mapping: dict[str, str]) -> dict[str, st
         pairs = ", ".join(f"{name}={column}" for name, column in missing.items())
         raise ExportError(f"--map {pairs}: no such column; the export has {columns}")
     resolved = dict(mapping)
+    taken = set(mapping.values())
     for name in EVENT_FIELDS:
-        if name not in resolved and name in columns:
+        if name in resolved:
+            continue
+        if name in columns:
             resolved[name] = name
+            continue
+        alike = [c for c in columns if c not in taken and _field_name(c) == name]
+        if len(alike) == 1:  # "Currency", "Order ID", "customer-id"
+            resolved[name] = alike[0]
     absent = [name for name in (*REQUIRED_MAPPINGS, "amount") if name not in resolved]
     if absent:
         raise ExportError(
@@ -251,10 +273,22 @@ def _time_formats(day_first: bool) -> list[tuple[str, list[str]]]:
 
 
 def _localize(parsed: pd.Series, timezone: str) -> pd.Series:
-    """Naive times are in ``timezone``; the result is UTC (nonexistent/ambiguous: NaT)."""
-    if parsed.dt.tz is None:
-        parsed = parsed.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
-    return parsed.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    """Naive times are in ``timezone``; the result is UTC.
+
+    A wall time that daylight saving time shows twice (the hour the clocks go back) or
+    skips (the hour they go forward) is read as Python reads it (PEP 495, ``fold=0``):
+    the first of the two, and a skipped time with the offset before the change.
+    """
+    if parsed.dt.tz is not None:
+        return parsed.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    local = parsed.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
+    out = local.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    changes = local.isna() & parsed.notna()
+    if changes.any():  # rare rows: one at a time
+        zone = ZoneInfo(timezone)
+        moments = [t.to_pydatetime().replace(tzinfo=zone).astimezone(UTC) for t in parsed[changes]]
+        out[changes] = pd.Series(moments, index=parsed.index[changes], dtype="datetime64[us, UTC]")
+    return out
 
 
 def _parse_iso(text: pd.Series, timezone: str) -> pd.Series:
@@ -270,11 +304,28 @@ def _parse_iso(text: pd.Series, timezone: str) -> pd.Series:
     return out
 
 
+#: ISO 8601 dates and times with the offset after a space (``2025-03-01 08:00:00 -0500``, as
+#: Shopify exports them) or a ``UTC``/``GMT`` suffix: the offset joined to the time.
+_SPACED_OFFSET = re.compile(r"^(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?) ([+-]\d{2}:?\d{2})$")
+_ZONE_WORD = re.compile(r"^(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?) ?(?:UTC|GMT)$")
+
+
 def _other_iso_forms(text: pd.Series) -> pd.Series:
     """The values of ``text`` in ISO 8601's other forms, rewritten to the extended one
     (``tier_ml.events.extended_time``, as every engine reads them); the rest left out."""
-    rewritten = text.map(extended_time)
+    joined = text.str.replace(_SPACED_OFFSET, r"\1\2", regex=True).str.replace(_ZONE_WORD, r"\1Z", regex=True)
+    rewritten = joined.map(extended_time)
     return rewritten[rewritten.str.fullmatch(TIME_PATTERN).astype(bool)]
+
+
+def _reads_day_first(text: pd.Series) -> bool:
+    """Whether dates like ``13/12/2010`` show the day first: some first number is over 12
+    and no second number is (``--day-first`` is then not needed)."""
+    parts = text.str.extract(r"^(\d{1,2})[/-](\d{1,2})[/-]\d{2,4}(?:[ T]|$)").dropna()
+    if parts.empty:
+        return False
+    first, second = parts[0].astype(int), parts[1].astype(int)
+    return bool((first > 12).any() and not (second > 12).any())
 
 
 def parse_times(values: pd.Series, options: ImportOptions) -> pd.Series:
@@ -302,7 +353,8 @@ def parse_times(values: pd.Series, options: ImportOptions) -> pd.Series:
     epoch = left & text.str.fullmatch(r"\d{9,13}(?:\.\d+)?")
     out[epoch] = _epoch(pd.to_numeric(text[epoch]))
     left &= ~epoch
-    for pattern, formats in _time_formats(options.day_first):
+    day_first = options.day_first or _reads_day_first(text[left])
+    for pattern, formats in _time_formats(day_first):
         bucket = left & text.str.fullmatch(pattern)
         for form in formats:
             if not bucket.any():
@@ -329,6 +381,11 @@ def _epoch(numbers: pd.Series) -> pd.Series:
 _SYMBOLS = "|".join(re.escape(s) for s in sorted(CURRENCY_SYMBOLS, key=len, reverse=True))
 _MONEY_NOISE = re.compile(rf"{_SYMBOLS}|[A-Z]{{3}}|[\s\u00a0\u202f'’]")
 _UNSIGNED = re.compile(AMOUNT_PATTERN.replace("[+-]?", ""))
+#: Thousands separators must group by three, left of the decimal mark: ``1,234.50`` with a
+#: decimal point, ``1.234,50`` with a decimal comma. A text that breaks that (``89,90`` or
+#: ``1.234,50`` read with a point) has the other mark and is rejected, not misread by 100.
+_GROUPED_POINT = r"(?:\d{1,3}(?:,\d{3})+|\d*)(?:\.\d*)?(?:[eE][+-]?\d+)?"
+_GROUPED_COMMA = r"(?:\d{1,3}(?:\.\d{3})+|\d*)(?:,\d*)?"
 
 
 def parse_amounts(values: pd.Series, decimal_comma: bool) -> tuple[pd.Series, pd.Series]:
@@ -358,11 +415,12 @@ def _parse_money(text: pd.Series, decimal_comma: bool) -> tuple[pd.Series, pd.Se
     negative = bare.str.startswith("-") | bare.str.endswith("-") | bare.str.startswith("−")
     negative |= bare.str.startswith("(") & bare.str.endswith(")")
     bare = bare.str.strip("()-−+")
+    grouped = bare.str.fullmatch(_GROUPED_COMMA if decimal_comma else _GROUPED_POINT)
     if decimal_comma:
         bare = bare.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
     else:
         bare = bare.str.replace(",", "", regex=False)
-    readable = bare.str.fullmatch(_UNSIGNED.pattern)
+    readable = grouped & bare.str.fullmatch(_UNSIGNED.pattern)
     numbers = pd.to_numeric(bare.where(readable), errors="coerce").astype(float)
     return numbers.where(~negative, -numbers), currency
 
@@ -431,11 +489,11 @@ def _currencies(
     options: ImportOptions,
     named: pd.Series,
 ) -> pd.Series:
-    """Column value, else the default, else the currency the amount's text names."""
+    """Column value, else the currency the amount's text names (``€20``), else the default."""
     source = _column(frame, mapping, "currency")
     text = _text(source) if source is not None else pd.Series("", index=frame.index)
-    text = text.where(text != "", options.currency or "")
-    return text.where(text != "", named).str.upper()
+    text = text.where(text != "", named)
+    return text.where(text != "", options.currency or "").str.upper()
 
 
 def _fill(
@@ -497,10 +555,15 @@ def convert(
     except (ZoneInfoNotFoundError, ValueError):
         raise ExportError(f"--timezone {options.timezone!r} is not an IANA time zone") from None
     _check_date_format(options.date_format)
+    if options.currency is not None and not re.fullmatch(r"[A-Za-z]{3}", options.currency.strip()):
+        raise ExportError(f"--currency {options.currency!r} is not a currency code (three letters, e.g. EUR)")
     if options.lines and "order_id" not in mapping:
         raise ExportError("--lines needs the column of order ids: map it with --map order_id=COLUMN")
     if options.quantity is not None and options.quantity not in frame.columns:
         raise ExportError(f"--quantity {options.quantity}: no such column; the export has {list(frame.columns)}")
+    source = frame  # as read, for the rejects file
+    if options.lines:
+        frame = _fill_order_fields(frame, mapping)
     rejects = _Rejects(frame.index)
     if beyond is not None:  # its values may sit in the wrong columns: nothing else is checked
         detail = "is beyond the header's last column: the row has more fields (an unquoted separator?)"
@@ -522,10 +585,18 @@ def convert(
     amount_text = _text(amount_source)
     needs_amount = kinds != "cancelled"
     rejects.add(needs_amount & (amount_text == ""), RejectReason.MISSING_FIELD, "amount is missing")
+    other_mark = amount.isna() & parse_amounts(amount_text, not options.decimal_comma)[0].notna()
+    detail = (
+        "is not a number with a decimal point (amount): a decimal comma? add --decimal-comma"
+        if not options.decimal_comma
+        else "is not a number with a decimal comma (amount): leave out --decimal-comma?"
+    )
+    rejects.add(needs_amount & other_mark, RejectReason.UNPARSEABLE_AMOUNT, detail, amount_text)
     detail = "is not a number (amount)"
     rejects.add(needs_amount & amount.isna(), RejectReason.UNPARSEABLE_AMOUNT, detail, amount_text)
     if options.quantity is not None:
-        amount = amount * _quantities(frame[options.quantity], options, needs_amount, rejects)
+        quantity = _quantities(frame[options.quantity], options, needs_amount, rejects)
+        amount = amount * quantity
     returned = _returns(frame, options)
     if options.returns == "negative":
         returned |= amount < 0
@@ -537,9 +608,10 @@ def convert(
     currency = _currencies(frame, mapping, options, named_currency)
     rejects.add(needs_amount & (currency == ""), RejectReason.MISSING_FIELD, "currency is missing")
     known = currency.str.fullmatch(r"[A-Z]{3}")
+    detail = "is not a currency code (three letters, e.g. EUR)"
     if policy is not None:
         known &= currency.map(lambda c: policy.rate(c) is not None)
-    detail = "is not a currency with an fx rate"
+        detail = "is not a currency with an fx rate in the policy"
     rejects.add(needs_amount & ~known, RejectReason.UNKNOWN_CURRENCY, detail, currency)
 
     canonical = pd.DataFrame(
@@ -559,7 +631,7 @@ def convert(
     if options.lines:
         events = _order_lines(events)
     events["currency"] = events["currency"].replace("", None)
-    return ImportResult(events, _rejects_frame(frame, rejects), len(frame))
+    return ImportResult(events, _rejects_frame(source, rejects), len(frame))
 
 
 def _quantities(
@@ -574,7 +646,33 @@ def _quantities(
     rejects.add(needs_amount & (text == ""), RejectReason.MISSING_FIELD, "quantity is missing")
     detail = "is not a number (quantity)"
     rejects.add(needs_amount & quantity.isna(), RejectReason.UNPARSEABLE_AMOUNT, detail, text)
+    rejects.add(needs_amount & (quantity == 0), RejectReason.NON_POSITIVE_AMOUNT, "is not a positive quantity", text)
+    if options.returns != "negative":
+        detail = "is a negative quantity (returns are refunds only with --returns negative)"
+        rejects.add(needs_amount & (quantity < 0), RejectReason.NON_POSITIVE_AMOUNT, detail, text)
     return quantity
+
+
+#: Fields of a whole order that exports may write on its first line only (Shopify leaves
+#: ``Currency`` blank on an order's other lines): with ``--lines`` they are filled in.
+ORDER_FIELDS = ("customer_id", "occurred_at", "currency", "channel", "region")
+
+
+def _fill_order_fields(frame: pd.DataFrame, mapping: dict[str, str]) -> pd.DataFrame:
+    """The export with each line's blank ``ORDER_FIELDS`` taken from the first line of its
+    order that has them, so no line is left out of its order's sum for a blank currency."""
+    order = _text(frame[mapping["order_id"]])
+    filled = frame.copy()
+    for name in ORDER_FIELDS:
+        column = mapping.get(name)
+        if column is None:
+            continue
+        blank = _text(frame[column]) == ""
+        if not blank.any() or blank.all():
+            continue
+        first = frame[column].where(~blank).groupby(order).transform("first")
+        filled[column] = frame[column].where(~blank | (order == "") | first.isna(), first)
+    return filled
 
 
 #: What the lines of one order share; lines that differ in any of these stay separate events

@@ -294,3 +294,111 @@ def test_order_lines_are_summed_into_one_event_per_order(tmp_path: Path) -> None
         import_export(path, {k: v for k, v in mapping.items() if k != "order_id"}, **options)  # type: ignore[arg-type]
     with pytest.raises(ExportError, match="--quantity Units: no such column"):
         import_export(path, mapping, **{**options, "quantity": "Units"})  # type: ignore[arg-type]
+
+
+# --- real exports' habits (Shopify, Excel, POS) ---------------------------------------------------
+
+
+def _import_text(tmp_path: Path, text: str, mapping: dict[str, str] | None = None, **options: object) -> ImportResult:
+    path = tmp_path / "export.csv"
+    path.write_text(text, encoding="utf-8")
+    return import_export(path, RETAIL_MAP if mapping is None else mapping, **options)  # type: ignore[arg-type]
+
+
+def test_shopify_times_with_a_spaced_offset_or_a_zone_word(tmp_path: Path) -> None:
+    result = _import_text(tmp_path, "CustID,OrderDate,Total\n1,2025-03-01 08:00:00 -0500,5\n"
+                                    "2,2025-03-01 08:00:00 +0100,5\n3,2025-03-01 08:00 UTC,5\n",
+                          currency="USD")
+    assert result.rejects.empty
+    assert result.events["occurred_at"].astype(str).tolist() == [
+        "2025-03-01 13:00:00+00:00", "2025-03-01 07:00:00+00:00", "2025-03-01 08:00:00+00:00"]
+
+
+@pytest.mark.parametrize(("dates", "day_first", "months"), [
+    (["01-12-2010 08:26", "13-12-2010 08:26"], False, [12, 12]),  # 13 can only be a day
+    (["01/12/2010", "12/13/2010"], False, [1, 12]),  # 13 can only be a day: month first
+    (["01/12/2010", "02/11/2010"], False, [1, 2]),  # nothing tells: the default, month first
+    (["01/12/2010", "02/11/2010"], True, [12, 11]),
+])
+def test_a_date_column_that_can_only_be_day_first_is_read_so(
+    tmp_path: Path, dates: list[str], day_first: bool, months: list[int]
+) -> None:
+    rows = "".join(f"{i},{d},5\n" for i, d in enumerate(dates))
+    result = _import_text(tmp_path, "CustID,OrderDate,Total\n" + rows, currency="USD", day_first=day_first)
+    assert result.rejects.empty
+    assert [t.month for t in result.events["occurred_at"]] == months
+
+
+def test_local_times_the_clocks_show_twice_or_skip_are_read_as_python_reads_them(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    dates = ["26.10.2025 02:30", "30.03.2025 02:30"]  # Berlin: shown twice; skipped
+    rows = "".join(f"{i},{d},5\n" for i, d in enumerate(dates))
+    result = _import_text(tmp_path, "CustID,OrderDate,Total\n" + rows, currency="EUR", timezone="Europe/Berlin")
+    zone = ZoneInfo("Europe/Berlin")
+    want = [datetime(2025, 10, 26, 2, 30, tzinfo=zone), datetime(2025, 3, 30, 2, 30, tzinfo=zone)]
+    assert [t.to_pydatetime() for t in result.events["occurred_at"]] == [w.astimezone(UTC) for w in want]
+    assert [t.hour for t in result.events["occurred_at"]] == [0, 1]  # 02:30 +02:00, and +01:00
+
+
+@pytest.mark.parametrize(("text", "decimal_comma", "hint"), [
+    ("1.234,50 €", False, "a decimal comma? add --decimal-comma"),
+    ("89,90", False, "a decimal comma? add --decimal-comma"),
+    ("1,234.50", True, "leave out --decimal-comma?"),
+    ("12.50", True, "leave out --decimal-comma?"),
+])
+def test_an_amount_with_the_other_decimal_mark_is_rejected_with_a_hint(
+    tmp_path: Path, text: str, decimal_comma: bool, hint: str
+) -> None:
+    """Before, 1.234,50 read as 1.2345 and 89,90 as 8990, and the import said nothing."""
+    result = _import_text(tmp_path, f'CustID,OrderDate,Total\n1,2025-01-02,"{text}"\n2,2025-01-03,"1,234"\n',
+                          currency="EUR", decimal_comma=decimal_comma)
+    assert result.rejects["reason"].tolist() == ["unparseable_amount"]
+    assert hint in result.rejects["detail"].iloc[0]
+    assert result.events["amount"].tolist() == [1.234 if decimal_comma else 1234.0]
+
+
+def test_currency_comes_from_the_column_then_the_amount_then_the_default(tmp_path: Path) -> None:
+    """``Currency`` is found without --map; a symbol in the amount beats --currency."""
+    result = _import_text(tmp_path, "CustID,OrderDate,Total,Currency\n1,2025-01-02,€20,\n"
+                                    "2,2025-01-02,20,GBP\n3,2025-01-02,20,\n4,2025-01-02,CHF 20.50,\n",
+                          currency="USD")
+    assert result.events["currency"].tolist() == ["EUR", "GBP", "USD", "CHF"]
+    with pytest.raises(ExportError, match="--currency 'EURO' is not a currency code"):
+        _import_text(tmp_path, "CustID,OrderDate,Total\n1,2025-01-02,20\n", currency="EURO")
+
+
+def test_quantity_rejects_name_the_quantity(tmp_path: Path) -> None:
+    result = _import_text(tmp_path, "CustID,OrderDate,Total,Qty\n1,2025-01-02,14.00,0\n"
+                                    "2,2025-01-02,1.69,-2\n3,2025-01-02,-1.25,-3\n4,2025-01-02,2,3\n",
+                          currency="GBP", quantity="Qty")
+    assert result.events["amount"].tolist() == [6.0]
+    assert result.rejects["detail"].tolist() == [
+        "'0' is not a positive quantity",
+        "'-2' is a negative quantity (returns are refunds only with --returns negative)",
+        "'-3' is a negative quantity (returns are refunds only with --returns negative)",
+    ]
+
+
+def test_order_fields_left_blank_on_later_lines_are_taken_from_the_first(tmp_path: Path) -> None:
+    """Shopify writes Currency (and Total) on an order's first line only."""
+    text = ("Name,Email,Created at,Currency,Lineitem quantity,Lineitem price\n"
+            "#1001,a@x.com,2025-03-01 08:00:00 -0500,USD,2,10.00\n"
+            "#1001,a@x.com,2025-03-01 08:00:00 -0500,,1,36.00\n"
+            "#1002,b@x.com,2025-03-02 09:00:00 -0500,EUR,1,5.00\n")
+    mapping = {"order_id": "Name", "customer_id": "Email", "occurred_at": "Created at", "amount": "Lineitem price"}
+    result = _import_text(tmp_path, text, mapping, quantity="Lineitem quantity", lines=True)
+    assert result.rejects.empty
+    assert list(zip(result.events["order_id"], result.events["amount"], result.events["currency"], strict=True)) == [
+        ("#1001", 56.0, "USD"), ("#1002", 5.0, "EUR")]
+
+
+def test_excel_separator_line_and_utf16_hint(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_text("sep=;\nCustID;OrderDate;Total\n1;2025-01-02;5\n", encoding="utf-8")
+    assert one(import_export(path, RETAIL_MAP, currency="EUR"))["customer_id"] == "1"
+    path.write_text("CustID,OrderDate,Total\n1,2025-01-02,5\n", encoding="utf-16")
+    with pytest.raises(ExportError, match=r"try --encoding utf-16"):
+        import_export(path, RETAIL_MAP, currency="EUR")
+    assert one(import_export(path, RETAIL_MAP, currency="EUR", encoding="utf-16"))["amount"] == 5.0
