@@ -125,6 +125,7 @@ def stage_progress(stages: list[str], description: str) -> tuple[Progress, Calla
         TimeElapsedColumn(),
         console=console,
         transient=True,
+        disable=not console.is_terminal,  # a log or a pipe gets no bar (and no stray blank line)
     )
     task = progress.add_task(description, total=len(stages))
 
@@ -371,8 +372,8 @@ def import_command(
         ),
     ] = None,
     day_first: Annotated[
-        bool, typer.Option("--day-first", help="Read 03/02/2025 as 3 February (not March 2). Without it, a column "
-        "whose first numbers go above 12 while the second ones never do is read day first anyway.")
+        bool, typer.Option("--day-first", help="Read 03/02/2025 as 3 February (not March 2). Without it, a column where "
+        "5 % of the first numbers go above 12 and no second one does is read day first anyway (and said).")
     ] = False,
     timezone: Annotated[
         str, typer.Option("--timezone", help="Time zone of times without an offset (IANA name). A time "
@@ -470,6 +471,8 @@ def import_command(
         write_import(result, out, rejects)
     except ExportError as exc:
         raise fail(str(exc)) from None
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     by_reason = ", ".join(f"{k} {v:,}" for k, v in result.rejects_by_reason().items())
     converted = result.rows - len(result.rejects)
     console.print(

@@ -105,6 +105,8 @@ class ImportResult:
     events: pd.DataFrame
     rejects: pd.DataFrame
     rows: int
+    #: What the import decided on its own that the user should know (dates read day first).
+    notes: list[str] = field(default_factory=list)
 
     def rejects_by_reason(self) -> dict[str, int]:
         return {
@@ -159,6 +161,8 @@ def _read_delimited(path: Path, encoding: str) -> pd.DataFrame:
     separator, before = _separator(path, encoding)
     options = {"dtype": str, "keep_default_na": False, "sep": separator, "encoding": encoding}
     header = [str(name) for name in pd.read_csv(path, nrows=0, skiprows=before, **options).columns]
+    while header and re.fullmatch(r"Unnamed: \d+", header[-1]):  # the header ends with a separator
+        header.pop()
     extra = 1
     while True:
         names = [*header, *(f"{BEYOND_HEADER}{n}" for n in range(extra))]
@@ -197,6 +201,11 @@ def _separator(path: Path, encoding: str) -> tuple[str, int]:
     return max([",", ";", "\t", "|"], key=header.count), 0
 
 
+#: Fields found only under their exact name: a POS export's ``Event Type`` (Payment,
+#: Refund) is not the canonical event type, and would reject every sale.
+EXACT_NAMES = frozenset({"event_type"})
+
+
 def _field_name(column: str) -> str:
     """A column name as a canonical field would spell it: ``Order ID`` -> ``order_id``."""
     return re.sub(r"[\s\-]+", "_", column.strip()).lower()
@@ -204,7 +213,8 @@ def _field_name(column: str) -> str:
 
 def resolve_mapping(columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
     """Check a mapping against the export's columns; add fields named like a column (in any
-    case, with spaces or dashes for underscores, when one column alone is named so)."""
+    case, with spaces or dashes for underscores, when one column alone is named so; the
+    event type by its exact name only)."""
     unknown = sorted(set(mapping) - set(EVENT_FIELDS))
     if unknown:
         raise ExportError(f"--map names unknown fields {unknown}; fields are {list(EVENT_FIELDS)}")
@@ -221,7 +231,7 @@ def resolve_mapping(columns: list[str], mapping: dict[str, str]) -> dict[str, st
             resolved[name] = name
             continue
         alike = [c for c in columns if c not in taken and _field_name(c) == name]
-        if len(alike) == 1:  # "Currency", "Order ID", "customer-id"
+        if len(alike) == 1 and name not in EXACT_NAMES:  # "Currency", "Order ID", "customer-id"
             resolved[name] = alike[0]
     absent = [name for name in (*REQUIRED_MAPPINGS, "amount") if name not in resolved]
     if absent:
@@ -255,7 +265,7 @@ def _time_formats(day_first: bool) -> list[tuple[str, list[str]]]:
     """Text patterns and the strptime formats tried for them, most specific first."""
     slash = "%d/%m" if day_first else "%m/%d"
     dash = "%d-%m" if day_first else "%m-%d"
-    month_names = ["%d %b %Y", "%d %B %Y", "%b %d, %Y", "%B %d, %Y", "%d-%b-%Y", "%d-%b-%y"]
+    month_names = ["%d %b %Y", "%d %B %Y", "%b %d, %Y", "%B %d, %Y", "%b %d %Y", "%B %d %Y", "%d-%b-%Y", "%d-%b-%y"]
 
     def with_clock(dates: list[str]) -> list[str]:
         return [date + clock for date in dates for clock in _CLOCK_FORMATS]
@@ -318,18 +328,25 @@ def _other_iso_forms(text: pd.Series) -> pd.Series:
     return rewritten[rewritten.str.fullmatch(TIME_PATTERN).astype(bool)]
 
 
+#: The share of a column's dates that must show a day over 12 first before it is read day
+#: first without ``--day-first``: one mistyped row in a month-first file must not flip it.
+DAY_FIRST_SHARE = 0.05
+
+
 def _reads_day_first(text: pd.Series) -> bool:
-    """Whether dates like ``13/12/2010`` show the day first: some first number is over 12
-    and no second number is (``--day-first`` is then not needed)."""
-    parts = text.str.extract(r"^(\d{1,2})[/-](\d{1,2})[/-]\d{2,4}(?:[ T]|$)").dropna()
+    """Whether dates like ``13/12/2010`` show the day first: no second number is over 12,
+    and at least ``DAY_FIRST_SHARE`` of the first numbers are (four-digit years only:
+    ``25/02/07`` may be a year first)."""
+    parts = text.str.extract(r"^(\d{1,2})[/-](\d{1,2})[/-]\d{4}(?:[ T]|$)").dropna()
     if parts.empty:
         return False
     first, second = parts[0].astype(int), parts[1].astype(int)
-    return bool((first > 12).any() and not (second > 12).any())
+    return bool((first > 12).mean() >= DAY_FIRST_SHARE and not (second > 12).any())
 
 
-def parse_times(values: pd.Series, options: ImportOptions) -> pd.Series:
-    """Instants (datetime64[us, UTC]) of a column; NaT where a value cannot be read."""
+def parse_times(values: pd.Series, options: ImportOptions, notes: list[str] | None = None) -> pd.Series:
+    """Instants (datetime64[us, UTC]) of a column; NaT where a value cannot be read. A column
+    read day first without ``day_first`` (``_reads_day_first``) is said in ``notes``."""
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         return _localize(pd.Series(values), options.timezone)
     if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
@@ -354,6 +371,9 @@ def parse_times(values: pd.Series, options: ImportOptions) -> pd.Series:
     out[epoch] = _epoch(pd.to_numeric(text[epoch]))
     left &= ~epoch
     day_first = options.day_first or _reads_day_first(text[left])
+    if day_first and not options.day_first and notes is not None:
+        notes.append("dates read day first: some show a day over 12 first and none a month over 12 "
+                     "(--day-first says so; without it such a column is still read day first)")
     for pattern, formats in _time_formats(day_first):
         bucket = left & text.str.fullmatch(pattern)
         for form in formats:
@@ -409,7 +429,7 @@ def parse_amounts(values: pd.Series, decimal_comma: bool) -> tuple[pd.Series, pd
 
 def _parse_money(text: pd.Series, decimal_comma: bool) -> tuple[pd.Series, pd.Series]:
     """Amount texts with symbols, codes, separators and signs: number and named currency."""
-    code = text.str.extract(rf"({_SYMBOLS}|\b[A-Z]{{3}}\b)", expand=False).fillna("")
+    code = text.str.extract(rf"({_SYMBOLS}|(?<![A-Za-z])[A-Z]{{3}}(?![A-Za-z]))", expand=False).fillna("")
     currency = code.map(lambda c: CURRENCY_SYMBOLS.get(c, c)).astype(object)
     bare = text.str.replace(_MONEY_NOISE, "", regex=True)
     negative = bare.str.startswith("-") | bare.str.endswith("-") | bare.str.startswith("−")
@@ -574,7 +594,8 @@ def convert(
     kinds = _event_types(frame, mapping, rejects)
 
     time_source = frame[mapping["occurred_at"]]
-    occurred = parse_times(time_source, options)
+    notes: list[str] = []
+    occurred = parse_times(time_source, options, notes)
     time_text = _text(time_source)
     rejects.add(time_text == "", RejectReason.MISSING_FIELD, "occurred_at is missing")
     detail = "is not a date/time in a known format (occurred_at)"
@@ -596,6 +617,8 @@ def convert(
     rejects.add(needs_amount & amount.isna(), RejectReason.UNPARSEABLE_AMOUNT, detail, amount_text)
     if options.quantity is not None:
         quantity = _quantities(frame[options.quantity], options, needs_amount, rejects)
+        detail = "is a negative unit price with a negative quantity (a return is one or the other)"
+        rejects.add(needs_amount & (amount < 0) & (quantity < 0), RejectReason.NON_POSITIVE_AMOUNT, detail, amount_text)
         amount = amount * quantity
     returned = _returns(frame, options)
     if options.returns == "negative":
@@ -631,7 +654,7 @@ def convert(
     if options.lines:
         events = _order_lines(events)
     events["currency"] = events["currency"].replace("", None)
-    return ImportResult(events, _rejects_frame(source, rejects), len(frame))
+    return ImportResult(events, _rejects_frame(source, rejects), len(frame), notes)
 
 
 def _quantities(

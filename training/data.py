@@ -60,6 +60,40 @@ def first_event_time(events: EventsSource) -> pd.Timestamp | None:
     return None if value is None else pd.Timestamp(int(value), unit="us", tz="UTC")
 
 
+#: Days the events may end before ``as_of`` before training, tuning and promotion refuse:
+#: label windows past the data see nobody order, so their customers would all look churned.
+MAX_DATA_GAP_DAYS = 7.0
+
+
+def data_gap_note(events: EventsSource, policy: Policy, as_of: datetime) -> str | None:
+    """None when the events reach ``as_of`` (within a day); a note when they end up to
+    ``MAX_DATA_GAP_DAYS`` before it; a ``TrainingDataError`` when they end earlier still
+    (``train --as-of`` three months after the file's last day labelled everyone churned).
+
+    Only the gap is checked, nothing moves: the labels still end at ``as_of``, so events
+    after ``as_of`` change nothing, as before.
+    """
+    from features.build import data_end_us
+
+    try:
+        end = data_end_us(events, policy)
+    except EventReadError as exc:
+        raise TrainingDataError(str(exc)) from None
+    if end is None:
+        return None
+    last = pd.Timestamp(end, unit="us", tz="UTC")
+    gap_days = (pd.Timestamp(as_of) - last) / pd.Timedelta(days=1)
+    if gap_days <= 1:
+        return None
+    said = f"the events end {last:%Y-%m-%d %H:%M} UTC, {gap_days:.0f} days before --as-of {as_of:%Y-%m-%d}"
+    if gap_days > MAX_DATA_GAP_DAYS:
+        raise TrainingDataError(
+            f"{said}: the latest labels would see no orders and call their customers churned; "
+            f"use --as-of {last:%Y-%m-%d} or events that reach --as-of"
+        )
+    return f"{said}: the latest labels see {gap_days:.0f} days without orders"
+
+
 def training_cutoffs(
     first_event: pd.Timestamp,
     as_of: datetime,

@@ -61,11 +61,13 @@ class Promotion:
 def holdout(
     events: EventsSource, policy: Policy, as_of: datetime, horizon_days: float
 ) -> pd.DataFrame:
-    """The latest labelled cutoff (``as_of - horizon``): features and labels, nothing after as_of."""
-    from training.data import first_event_time
+    """The latest labelled cutoff (``as_of - horizon``): features and labels, nothing after
+    as_of; refused when the events end well before as_of (``data_gap_note``)."""
+    from training.data import data_gap_note, first_event_time
 
-    cutoff = (pd.Timestamp(as_of) - pd.Timedelta(days=horizon_days)).to_pydatetime()
     source = events_source(events)
+    data_gap_note(source, policy, as_of)
+    cutoff = (pd.Timestamp(as_of) - pd.Timedelta(days=horizon_days)).to_pydatetime()
     first = first_event_time(source)
     if first is None or first > pd.Timestamp(cutoff):
         raise TrainingDataError(

@@ -34,6 +34,7 @@ from training.data import (
     EventsSource,
     TrainingDataError,
     build_dataset,
+    data_gap_note,
     events_source,
     fingerprint,
     first_event_time,
@@ -85,6 +86,8 @@ class TrainResult:
     model_kind: str = LIGHTGBM
     fallback_reason: str | None = None
     data_sizes: dict[str, float] = field(default_factory=dict)
+    #: What the user should know about the run (events that end a few days before as_of).
+    notes: list[str] = field(default_factory=list)
 
 
 def _as_utc(as_of: datetime) -> datetime:
@@ -113,7 +116,8 @@ def train_models(
     """Train, evaluate against the baselines, log to MLflow and register both models.
 
     Only events at or before ``as_of`` are used: cutoffs end at ``as_of - horizon``
-    and labels are computed with the data's end set to ``as_of``. Small data (see
+    and labels are computed with the data's end set to ``as_of``; events that end more
+    than a week before ``as_of`` are refused (``training.data.data_gap_note``). Small data (see
     ``small_shop``, default :class:`SmallShopThresholds`) gets the BTYD fallback.
     """
     import mlflow
@@ -127,6 +131,7 @@ def train_models(
     first = first_event_time(source)
     if first is None or first > pd.Timestamp(as_of):
         raise TrainingDataError(f"no event with a readable time at or before {as_of:%Y-%m-%d}")
+    notes = [note] if (note := data_gap_note(source, policy, as_of)) else []
     sizes = data_sizes(source, as_of)
     reason = size_reason(sizes, thresholds)
     if reason is None:
@@ -153,10 +158,12 @@ def train_models(
 
         say(f"small shop: {reason}")
         label = str(events) if not isinstance(events, pd.DataFrame) else "<frame>"
-        return train_fallback(
+        fallback = train_fallback(
             source, label, policy, as_of, horizon_days, experiment, tracking_uri, seed,
             register, reason, sizes, thresholds, say,
         )  # fmt: skip
+        fallback.notes = notes
+        return fallback
     for name, rows in (("train", train), ("calibration", calibration), ("validation", validation)):
         if rows.empty or rows["churned"].nunique() < 2:
             raise TrainingDataError(
@@ -191,7 +198,7 @@ def train_models(
         "model_kind": LIGHTGBM,
         **sizes.as_params(),
     }
-    result = TrainResult(experiment_id=experiment_id, parent_run_id="")
+    result = TrainResult(experiment_id=experiment_id, parent_run_id="", notes=notes)
     result.data_sizes = {"customers": sizes.customers, "history_days": sizes.history_days}
     result.rows = {"train": len(train), "calibration": len(calibration), "validation": len(validation)}
     result.validation = validation[["customer_id", "cutoff", "tier", "churned", "tier_change"]].copy()

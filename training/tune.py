@@ -18,6 +18,7 @@ from tier_ml.policy import Policy
 from training.data import (
     EventsSource,
     build_dataset,
+    data_gap_note,
     events_source,
     first_event_time,
     part,
@@ -27,7 +28,7 @@ from training.data import (
 from training.fit import BoosterConfig, fit_churn, make_encoder
 from training.tracking import ensure_experiment, use_tracking
 
-CLI_OPTIONS = ("learning_rate", "num_leaves")
+CLI_OPTIONS = ("learning_rate", "num_leaves", "min_data_in_leaf", "feature_fraction", "lambda_l2")
 
 
 @dataclass
@@ -61,6 +62,7 @@ def tune_churn(
         from training.data import TrainingDataError
 
         raise TrainingDataError("no event with a readable time")
+    data_gap_note(source, policy, as_of)
     split = purged_split(training_cutoffs(first, as_of, horizon_days), horizon_days)
     data = build_dataset(
         source, policy, sorted({*split.train, *split.calibration}), horizon_days, as_of, say

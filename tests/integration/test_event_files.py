@@ -88,6 +88,16 @@ def test_empty_fields_beyond_the_header_are_ignored_and_text_there_is_a_malforme
         "the row has more fields than the header ('EU' after the last column; an unquoted comma?)"]
 
 
+def test_a_header_that_ends_with_a_comma_still_catches_a_shifted_row(tmp_path: Path) -> None:
+    """Excel ends the header line with the separator too: its empty last name is no column,
+    so a shifted row's last value is still beyond the header."""
+    path = _csv(tmp_path, f"{HEADER},\ne1,placed,o1,C1,2025-01-10T10:00:00Z,25000,USD,web,US,\n"
+                          "e2,placed,o2,C2,2025-01-10T10:00:00Z,40,USD,web,shop,EU\n")
+    tiers, rejects = classify_both(path)
+    assert list(tiers["customer_id"]) == ["C1"]
+    assert list(zip(rejects["row"], rejects["reason"], strict=True)) == [("2", "malformed_row")]
+
+
 def test_a_malformed_row_after_as_of_is_invisible_and_one_without_a_time_is_rejected(tmp_path: Path) -> None:
     """The same visibility rule as every per-row reject (rows after ``as_of`` are unseen)."""
     path = _csv(tmp_path, f"{HEADER}\ne1,placed,o1,C1,2026-02-01T00:00:00Z,25000,USD,web,US,x\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -320,7 +321,16 @@ def test_tune_logs_trials_as_nested_runs(trained_models: TrainedModels, tmp_path
          "--tracking-uri", uri, "--trials", "2", "--experiment", "tuning"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "--learning-rate" in result.output and "--num-leaves" in result.output
+    said = " ".join(result.output.split())
+    tuned = re.findall(r"(--[a-z][a-z0-9-]*) ([0-9][0-9.e+-]*)", said.split("ROC AUC", 1)[1])
+    assert {name for name, _ in tuned} == {
+        "--learning-rate", "--num-leaves", "--min-data-in-leaf", "--feature-fraction", "--lambda-l2"}
+    trained = CliRunner().invoke(
+        app,
+        ["train", "--events", str(trained_models.data.events), "--as-of", AS_OF_TEXT, "--tracking-uri", uri,
+         "--experiment", "tuned", "--no-register", "--max-rounds", "5", *[x for pair in tuned for x in pair]],
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output  # what tune prints, train takes as it is
     client_for(uri)
     runs = mlflow.search_runs(experiment_names=["tuning"], output_format="list")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

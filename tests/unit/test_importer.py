@@ -91,6 +91,7 @@ def test_reimport_gives_the_same_generated_ids(tmp_path: Path) -> None:
         ("03-02-2025", {"day_first": True}, "2025-02-03T00:00:00"),
         ("3 Feb 2025", {}, "2025-02-03T00:00:00"),
         ("Feb 3, 2025 10:00", {}, "2025-02-03T10:00:00"),
+        ("Feb 3 2025", {}, "2025-02-03T00:00:00"),
         ("1738540800", {}, "2025-02-03T00:00:00"),
         ("1738540800000", {}, "2025-02-03T00:00:00"),
         ("03|02|25", {"date_format": "%d|%m|%y"}, "2025-02-03T00:00:00"),
@@ -249,6 +250,11 @@ def test_rows_with_fields_beyond_the_header(tmp_path: Path) -> None:
     assert got.rejects.empty and len(want.events) == 3
     pd.testing.assert_frame_equal(got.events, want.events)
 
+    excel = tmp_path / "excel.csv"  # the header ends with the separator too
+    excel.write_text("CustID;OrderDate;Total;\n1;2025-01-02;5;\n2;2025-01-03;1;5;\n", encoding="utf-8")
+    result = import_export(excel, RETAIL_MAP, currency="EUR")
+    assert result.events["customer_id"].tolist() == ["1"] and result.rejects["reason"].tolist() == ["malformed_row"]
+
     shifted = tmp_path / "shifted.csv"
     shifted.write_text("CustID,OrderDate,Total\n1,2025-01-02,5\n2,2025-01-03,1,234.50\n3,2025-01-04,9,x,y\n4,2025-01-05,3\n")
     result = import_export(shifted, RETAIL_MAP, currency="USD")
@@ -319,14 +325,17 @@ def test_shopify_times_with_a_spaced_offset_or_a_zone_word(tmp_path: Path) -> No
     (["01/12/2010", "12/13/2010"], False, [1, 12]),  # 13 can only be a day: month first
     (["01/12/2010", "02/11/2010"], False, [1, 2]),  # nothing tells: the default, month first
     (["01/12/2010", "02/11/2010"], True, [12, 11]),
+    (["01/02/2025"] * 20 + ["31/12/2024"], False, [1] * 20),  # one odd row in 21 does not flip a column
 ])
 def test_a_date_column_that_can_only_be_day_first_is_read_so(
     tmp_path: Path, dates: list[str], day_first: bool, months: list[int]
 ) -> None:
     rows = "".join(f"{i},{d},5\n" for i, d in enumerate(dates))
     result = _import_text(tmp_path, "CustID,OrderDate,Total\n" + rows, currency="USD", day_first=day_first)
-    assert result.rejects.empty
+    assert len(result.rejects) == len(dates) - len(months)
     assert [t.month for t in result.events["occurred_at"]] == months
+    guessed = not day_first and months[0] == 12
+    assert any("dates read day first" in note for note in result.notes) == guessed  # said, when guessed
 
 
 def test_local_times_the_clocks_show_twice_or_skip_are_read_as_python_reads_them(tmp_path: Path) -> None:
@@ -365,6 +374,12 @@ def test_currency_comes_from_the_column_then_the_amount_then_the_default(tmp_pat
                                     "2,2025-01-02,20,GBP\n3,2025-01-02,20,\n4,2025-01-02,CHF 20.50,\n",
                           currency="USD")
     assert result.events["currency"].tolist() == ["EUR", "GBP", "USD", "CHF"]
+    glued = _import_text(tmp_path, "CustID,OrderDate,Total\n1,2025-01-02,20EUR\n2,2025-01-02,EUR20\n", currency="USD")
+    assert glued.events["currency"].tolist() == ["EUR", "EUR"]
+    square = _import_text(tmp_path, "Order ID,Customer ID,Date,Net Sales,Event Type\nT1,c1,2025-06-01,$10.00,Payment\n",
+                          {"occurred_at": "Date", "amount": "Net Sales"})
+    assert one(square)["event_type"] == "placed"  # a POS "Event Type" is not the canonical one
+    assert one(square)["order_id"] == "T1" and one(square)["customer_id"] == "c1"
     with pytest.raises(ExportError, match="--currency 'EURO' is not a currency code"):
         _import_text(tmp_path, "CustID,OrderDate,Total\n1,2025-01-02,20\n", currency="EURO")
 
@@ -373,6 +388,11 @@ def test_quantity_rejects_name_the_quantity(tmp_path: Path) -> None:
     result = _import_text(tmp_path, "CustID,OrderDate,Total,Qty\n1,2025-01-02,14.00,0\n"
                                     "2,2025-01-02,1.69,-2\n3,2025-01-02,-1.25,-3\n4,2025-01-02,2,3\n",
                           currency="GBP", quantity="Qty")
+    returns = _import_text(tmp_path, "CustID,OrderDate,Total,Qty,Order\n3,2025-01-02,-1.25,-3,A\n5,2025-01-02,1.25,-3,B\n",
+                           {**RETAIL_MAP, "order_id": "Order"}, currency="GBP", quantity="Qty", returns="negative")
+    assert one(returns)["event_type"] == "refunded"  # the negative quantity; -1.25 x -3 is no sale
+    assert returns.rejects["detail"].tolist() == [
+        "'-1.25' is a negative unit price with a negative quantity (a return is one or the other)"]
     assert result.events["amount"].tolist() == [6.0]
     assert result.rejects["detail"].tolist() == [
         "'0' is not a positive quantity",

@@ -14,6 +14,7 @@ from training.calibration import BinaryCalibrator, MulticlassCalibrator
 from training.data import (
     TrainingDataError,
     class_weights,
+    data_gap_note,
     purged_split,
     training_cutoffs,
 )
@@ -238,3 +239,25 @@ def test_input_encoder_freezes_categories() -> None:
     assert inputs["tier"].iloc[1:].isna().all()  # unseen and missing tiers: missing
     with pytest.raises(ValueError, match="lacks feature columns"):
         encoder.transform(later.drop(columns="spend"))
+
+
+# --- events that end before as_of -------------------------------------------------------------
+
+
+def test_events_that_end_long_before_as_of_are_refused_and_a_short_gap_is_noted() -> None:
+    """Label windows past the data see no orders: ``train --as-of`` three months after the
+    file's last day labelled nearly everyone churned (and promote accepted the model)."""
+    from tier_ml.policy import load_policy
+
+    events = pd.DataFrame({
+        "event_id": ["e1", "e2", "e3"], "event_type": "placed", "order_id": ["o1", "o2", "o3"],
+        "customer_id": "C1", "amount": "10", "currency": "USD",
+        "occurred_at": ["2025-12-20T10:00:00Z", "2025-12-31T10:00:00Z", "2099-01-01T00:00:00Z"],
+    }).assign(amount=lambda f: f["amount"].where(f["event_id"] != "e3", "-5"))  # a rejected row: not the end
+    policy = load_policy()
+    end = datetime(2025, 12, 31, 10, tzinfo=UTC)
+    assert data_gap_note(events, policy, end + timedelta(hours=20)) is None
+    note = data_gap_note(events, policy, end + timedelta(days=3))
+    assert note is not None and "3 days before --as-of 2026-01-03" in note
+    with pytest.raises(TrainingDataError, match=r"90 days before --as-of 2026-03-31.*use --as-of 2025-12-31"):
+        data_gap_note(events, policy, end + timedelta(days=90))

@@ -83,7 +83,8 @@ def _csv_header(path: Path) -> list[str]:
 
     Spaces around a name are ignored (as around values); a name seen before gets a
     suffix, so the first column of that name is the one read. ``BEYOND_HEADER`` counts
-    as seen: it names the column ``_csv_scan`` adds after the header's.
+    as seen: it names the column ``_csv_scan`` adds after the header's. Empty names at
+    the end (a header line that ends with a comma) are not columns.
     """
     try:
         with path.open("rb") as handle:
@@ -94,6 +95,8 @@ def _csv_header(path: Path) -> list[str]:
         raise EventReadError(f"{path}: cannot read csv events: header line: {exc}") from None
     if not header:
         raise EventReadError(f"{path}: cannot read csv events: no header line (the file is empty)")
+    while len(header) > 1 and not header[-1].strip(" "):  # a header that ends with a comma:
+        header.pop()  # what rows hold there is beyond it (empty, or a shifted row's last value)
     names: list[str] = [BEYOND_HEADER]
     for index, raw in enumerate(header, start=1):
         name = raw.strip(" ") or f"column{index}"

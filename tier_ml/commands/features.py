@@ -175,6 +175,7 @@ def build(
             TimeElapsedColumn(),
             console=console,
             transient=True,
+            disable=not console.is_terminal,
         )
         with progress:
             task = progress.add_task("building features", total=steps)

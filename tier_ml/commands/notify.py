@@ -182,7 +182,7 @@ def dispatch(
             MofNCompleteColumn(),
             console=_console(),
             transient=True,
-            disable=pending < 50,
+            disable=pending < 50 or not _console().is_terminal,
         ) as progress:
             task = progress.add_task("deliver", total=pending)
             queued, result = dispatch_due(

@@ -314,6 +314,7 @@ def ingest(
             TimeElapsedColumn(),
             console=_console(),
             transient=True,
+            disable=not _console().is_terminal,
         )
         with progress:
             try:

@@ -101,6 +101,13 @@ def train(
     ] = 1000,
     learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0001)] = 0.05,
     num_leaves: Annotated[int, typer.Option("--num-leaves", min=2)] = 31,
+    min_data_in_leaf: Annotated[
+        int, typer.Option("--min-data-in-leaf", min=1, help="Rows a leaf needs at least.")
+    ] = 100,
+    feature_fraction: Annotated[
+        float, typer.Option("--feature-fraction", min=0.01, max=1.0, help="Share of features per tree.")
+    ] = 0.8,
+    lambda_l2: Annotated[float, typer.Option("--lambda-l2", min=0.0, help="L2 regularisation.")] = 1.0,
     calibration: Annotated[
         str, typer.Option("--calibration", help="Churn calibration: isotonic or platt.")
     ] = "isotonic",
@@ -164,6 +171,9 @@ def train(
     config = BoosterConfig(
         learning_rate=learning_rate,
         num_leaves=num_leaves,
+        min_data_in_leaf=min_data_in_leaf,
+        feature_fraction=feature_fraction,
+        lambda_l2=lambda_l2,
         max_rounds=max_rounds,
         calibration=calibration,
         num_threads=threads,
@@ -185,6 +195,8 @@ def _print_training(result: TrainResult) -> None:
     from rich.table import Table
 
     cli = _cli()
+    for note in result.notes:
+        cli.console.print(f"[yellow]note:[/] {note}", highlight=False)
     if result.model_kind != "lightgbm":
         _print_fallback(result)
         return
