@@ -34,8 +34,9 @@ maps such a file onto the nine canonical fields of TIER_RULES.md:
 Rows that cannot be converted are rejected with a reason (the codes of
 :class:`tier_ml.events.RejectReason`) and a detail, never dropped silently; every
 other row comes out. A row with text beyond the header's last column (an unquoted
-separator shifted its values) is ``malformed_row``; empty fields there are ignored. Cross-row checks (replays, duplicate orders, refunds of
-unknown orders) stay with :func:`tier_ml.events.validate`, as for any events file.
+separator shifted its values) is ``malformed_row``; empty fields there are ignored.
+Cross-row checks (replays, duplicate orders, refunds of unknown orders) stay with
+:func:`tier_ml.events.validate`, as for any events file.
 """
 
 from __future__ import annotations
@@ -146,12 +147,13 @@ def read_export(path: str | Path, encoding: str = "utf-8") -> pd.DataFrame:
 
 
 #: The column of ``read_export``'s frame holding what a row has beyond the header's last
-#: column (a NUL in the name: no export has such a column). ``convert`` rejects such rows.
-BEYOND_HEADER = "\0beyond_header"
+#: column (a NUL in the name: no export has such a column). ``convert`` rejects such rows
+#: as ``malformed_row``, as the engines do with ``tier_ml.events.BEYOND_HEADER``.
+BEYOND_COLUMN = "\0beyond_header"
 
 
 def _read_delimited(path: Path, encoding: str) -> pd.DataFrame:
-    """A text export with every field as text, and ``BEYOND_HEADER``: the fields a row has
+    """A text export with every field as text, and ``BEYOND_COLUMN``: the fields a row has
     after the header's last column, joined by the separator ("" for nearly every row).
 
     The columns are named, so a row with more fields than the header is read, not an
@@ -165,7 +167,7 @@ def _read_delimited(path: Path, encoding: str) -> pd.DataFrame:
         header.pop()
     extra = 1
     while True:
-        names = [*header, *(f"{BEYOND_HEADER}{n}" for n in range(extra))]
+        names = [*header, *(f"{BEYOND_COLUMN}{n}" for n in range(extra))]
         try:
             frame = pd.read_csv(path, header=None, skiprows=before + 1, names=names, **options)
             break
@@ -179,7 +181,7 @@ def _read_delimited(path: Path, encoding: str) -> pd.DataFrame:
     for column in beyond.columns[1:]:
         more = beyond[column].str.strip(" ")
         text = text.where(more == "", text + options["sep"] + more)
-    return frame[header].assign(**{BEYOND_HEADER: text})
+    return frame[header].assign(**{BEYOND_COLUMN: text})
 
 
 def _codec_or_error(encoding: str) -> str:
@@ -568,7 +570,7 @@ def convert(
 ) -> ImportResult:
     """Convert an export frame to canonical events and rejects (see the module docstring)."""
     frame = frame.reset_index(drop=True)
-    beyond = frame.pop(BEYOND_HEADER) if BEYOND_HEADER in frame.columns else None
+    beyond = frame.pop(BEYOND_COLUMN) if BEYOND_COLUMN in frame.columns else None
     mapping = resolve_mapping([str(c) for c in frame.columns], options.mapping)
     try:
         ZoneInfo(options.timezone)
@@ -606,7 +608,10 @@ def convert(
     amount_text = _text(amount_source)
     needs_amount = kinds != "cancelled"
     rejects.add(needs_amount & (amount_text == ""), RejectReason.MISSING_FIELD, "amount is missing")
-    other_mark = amount.isna() & parse_amounts(amount_text, not options.decimal_comma)[0].notna()
+    unread = amount.isna() & (amount_text != "")  # read again with the other mark: for the hint
+    other_mark = pd.Series(False, index=amount.index)
+    if unread.any():
+        other_mark[unread] = parse_amounts(amount_text[unread], not options.decimal_comma)[0].notna()
     detail = (
         "is not a number with a decimal point (amount): a decimal comma? add --decimal-comma"
         if not options.decimal_comma
