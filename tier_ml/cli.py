@@ -312,15 +312,23 @@ def simulate_command(
     )
 
 
+def _pairs_or_exit(pairs: list[str] | None, option: str, example: str) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` option values as pairs (split at the first ``=``; both sides trimmed)."""
+    split = []
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise fail(f"{option} {pair!r} must look like {example}")
+        split.append((name.strip(), value.strip()))
+    return split
+
+
 def _mapping_or_exit(pairs: list[str] | None) -> dict[str, str]:
     mapping: dict[str, str] = {}
-    for pair in pairs or []:
-        name, sep, column = pair.partition("=")
-        if not sep or not name.strip() or not column.strip():
-            raise fail(f"--map {pair!r} must look like FIELD=COLUMN, e.g. customer_id=CustID")
-        if name.strip() in mapping:
-            raise fail(f"--map gives {name.strip()} twice")
-        mapping[name.strip()] = column.strip()
+    for name, column in _pairs_or_exit(pairs, "--map", "FIELD=COLUMN, e.g. customer_id=CustID"):
+        if name in mapping:
+            raise fail(f"--map gives {name} twice")
+        mapping[name] = column
     return mapping
 
 
@@ -429,6 +437,14 @@ def import_command(
             "order's later lines are taken from its first line.",
         ),
     ] = False,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--skip",
+            help="COLUMN=VALUE: leave out rows whose COLUMN holds VALUE (any case), e.g. "
+            "'Financial Status=voided' or 'Status=Cancelled'; repeat the option. They are counted, not rejected.",
+        ),
+    ] = None,
 ) -> None:
     """Convert a retailer's export into canonical order events.
 
@@ -467,6 +483,7 @@ def import_command(
             encoding=encoding,
             quantity=quantity,
             lines=lines,
+            skip=tuple(_pairs_or_exit(skip, "--skip", "COLUMN=VALUE, e.g. 'Financial Status=voided'")),
         )
         write_import(result, out, rejects)
     except ExportError as exc:
@@ -474,10 +491,11 @@ def import_command(
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     by_reason = ", ".join(f"{k} {v:,}" for k, v in result.rejects_by_reason().items())
-    converted = result.rows - len(result.rejects)
+    converted = result.rows - len(result.rejects) - result.skipped
     console.print(
         f"imported {converted:,} of {result.rows:,} rows into {out}"
         + (f" as {len(result.events):,} orders and refunds" if lines else "")
+        + (f"; {result.skipped:,} skipped (--skip)" if skip else "")
         + f"; {len(result.rejects):,} rejected"
         + (f" ({by_reason})" if by_reason else "")
         + f" in {time.perf_counter() - started:.1f}s",

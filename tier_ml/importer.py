@@ -97,6 +97,9 @@ class ImportOptions:
     return_values: tuple[str, ...] = ("return", "refund", "returned")
     quantity: str | None = None  # source column of quantities: the amount column is a unit price
     lines: bool = False  # rows are order lines: summed into one event per order (see _order_lines)
+    #: (column, value) pairs: rows whose column holds the value (any case) are left out and
+    #: counted, e.g. ("Financial Status", "voided") for orders that never counted as spend.
+    skip: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class ImportResult:
     rows: int
     #: What the import decided on its own that the user should know (dates read day first).
     notes: list[str] = field(default_factory=list)
+    #: Rows left out by ``ImportOptions.skip`` (neither events nor rejects).
+    skipped: int = 0
 
     def rejects_by_reason(self) -> dict[str, int]:
         return {
@@ -583,6 +588,7 @@ def convert(
         raise ExportError("--lines needs the column of order ids: map it with --map order_id=COLUMN")
     if options.quantity is not None and options.quantity not in frame.columns:
         raise ExportError(f"--quantity {options.quantity}: no such column; the export has {list(frame.columns)}")
+    skipped = _skipped(frame, options.skip)
     source = frame  # as read, for the rejects file
     if options.lines:
         frame = _fill_order_fields(frame, mapping)
@@ -654,12 +660,23 @@ def convert(
         }
     )
     _identify(frame, mapping, canonical, rejects)
-    good = rejects.ok
+    rejects.reason[skipped] = None  # left out on purpose: not a reject
+    good = rejects.ok & ~skipped
     events = canonical[good].reset_index(drop=True)[list(EVENT_FIELDS)]
     if options.lines:
         events = _order_lines(events)
     events["currency"] = events["currency"].replace("", None)
-    return ImportResult(events, _rejects_frame(source, rejects), len(frame), notes)
+    return ImportResult(events, _rejects_frame(source, rejects), len(frame), notes, int(skipped.sum()))
+
+
+def _skipped(frame: pd.DataFrame, skip: tuple[tuple[str, str], ...]) -> pd.Series:
+    """Rows whose column holds a ``skip`` value (trimmed, any case)."""
+    out = pd.Series(False, index=frame.index)
+    for column, value in skip:
+        if column not in frame.columns:
+            raise ExportError(f"--skip {column}={value}: no such column; the export has {list(frame.columns)}")
+        out |= _text(frame[column]).str.casefold() == value.strip().casefold()
+    return out
 
 
 def _quantities(
@@ -784,6 +801,7 @@ def import_export(
     encoding: str = "utf-8",
     quantity: str | None = None,
     lines: bool = False,
+    skip: tuple[tuple[str, str], ...] = (),
 ) -> ImportResult:
     """Read an export and convert it (``policy``: also reject currencies without fx rate)."""
     options = ImportOptions(
@@ -800,6 +818,7 @@ def import_export(
         return_values=tuple(return_values) if return_values else ImportOptions.return_values,
         quantity=quantity,
         lines=lines,
+        skip=tuple(skip),
     )
     return convert(read_export(source_path, encoding), options, policy)
 

@@ -196,3 +196,20 @@ def test_import_of_order_lines_in_cp1252(tmp_path: Path) -> None:
     assert "imported 2 of 2 rows" in said and "as 1 orders and refunds; 0 rejected" in said
     events = pd.read_csv(out, dtype=str)
     assert events[["order_id", "amount", "region"]].values.tolist() == [["R1", "25", "Österreich"]]
+
+
+def test_import_skip_and_the_day_first_note_from_the_command_line(tmp_path: Path) -> None:
+    source = tmp_path / "orders.csv"
+    source.write_text("Order,Customer,Date,Total,Status\nA1,c1,13/01/2025,10,paid\nA2,c2,02/01/2025,5,Cancelled\n"
+                      "A3,c3,25/01/2025,7,paid\n", encoding="utf-8")
+    out = tmp_path / "events.csv"
+    args = ["import", str(source), "--out", str(out), "--currency", "EUR", "--skip", "Status=cancelled",
+            "-m", "order_id=Order", "-m", "customer_id=Customer", "-m", "occurred_at=Date", "-m", "amount=Total"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "note: dates read day first" in said
+    assert "imported 2 of 3 rows" in said and "1 skipped (--skip); 0 rejected" in said
+    assert pd.read_csv(out, dtype=str)["order_id"].tolist() == ["A1", "A3"]
+    bad = runner.invoke(app, [*args[:6], "--skip", "Status"])
+    assert bad.exit_code == 2 and "must look like COLUMN=VALUE" in " ".join(bad.output.split())

@@ -422,3 +422,16 @@ def test_excel_separator_line_and_utf16_hint(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"try --encoding utf-16"):
         import_export(path, RETAIL_MAP, currency="EUR")
     assert one(import_export(path, RETAIL_MAP, currency="EUR", encoding="utf-16"))["amount"] == 5.0
+
+
+def test_skip_leaves_out_rows_by_a_status_column_and_counts_them(tmp_path: Path) -> None:
+    """Shopify's voided orders and a shop's cancelled ones never counted as spend."""
+    text = ("Name,Email,Created at,Total,Financial Status\n#1,a@x.com,2025-03-01,10,paid\n"
+            "#2,b@x.com,2025-03-01,20,Voided\n#3,c@x.com,2025-03-01,oops,paid\n#4,d@x.com,2025-03-01,40, voided \n")
+    mapping = {"order_id": "Name", "customer_id": "Email", "occurred_at": "Created at", "amount": "Total"}
+    result = _import_text(tmp_path, text, mapping, currency="USD", skip=(("Financial Status", "voided"),))
+    assert result.events["order_id"].tolist() == ["#1"]
+    assert result.skipped == 2
+    assert result.rejects["row"].tolist() == [3]  # the rest is checked as usual, numbered as in the file
+    with pytest.raises(ExportError, match="--skip Status=x: no such column"):
+        _import_text(tmp_path, text, mapping, currency="USD", skip=(("Status", "x"),))
