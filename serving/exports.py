@@ -49,7 +49,7 @@ def table_response(request: Request, frame: pd.DataFrame, fmt: str | None, name:
             headers={"Content-Disposition": f'attachment; filename="{name}.jsonl"'},
         )
     buffer = io.StringIO()
-    spreadsheet_safe(frame).to_csv(buffer, index=False)
+    spreadsheet_safe(frame).to_csv(buffer, index=False, lineterminator="\r\n")  # a CR in a value is quoted
     return Response(
         buffer.getvalue(),
         media_type="text/csv; charset=utf-8",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ID = Field(default=None, max_length=256)
 EXAMPLE_EVENT = {
@@ -353,6 +353,17 @@ class PredictionsIn(BaseModel):
     top_reasons: int = Field(
         default=0, ge=0, le=20, description="SHAP reasons per customer (slower)"
     )
+
+    @field_validator("customer_ids")
+    @classmethod
+    def _ids_are_text(cls, ids: list[str]) -> list[str]:
+        """An unpaired surrogate (``"\\ud800"`` in JSON) is no text a store can look up: 422, not 500."""
+        for index, value in enumerate(ids):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"id {index} holds an unpaired surrogate, which is not text") from None
+        return ids
 
 
 class PredictionsOut(BaseModel):

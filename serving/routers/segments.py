@@ -30,6 +30,7 @@ from serving.schemas import (
     SegmentPage,
     TierRowOut,
 )
+from tier_ml.spreadsheet import spreadsheet_safe
 from tier_ml.store.service import iso_instant
 from tier_ml.store.views import segment_page, support_priority
 
@@ -69,8 +70,11 @@ def wants_csv(request: Request, fmt: str | None) -> bool:
 
 
 def csv_response(frame: pd.DataFrame, filename: str) -> Response:
+    """A CSV download for a spreadsheet: text that could run as a formula is neutralised
+    (``spreadsheet_safe``: customer ids and regions come from shops), and lines end with
+    CRLF (RFC 4180), so a value holding a carriage return is quoted, not split."""
     buffer = io.StringIO()
-    frame.to_csv(buffer, index=False)
+    spreadsheet_safe(frame).to_csv(buffer, index=False, lineterminator="\r\n")
     return Response(
         buffer.getvalue(),
         media_type="text/csv; charset=utf-8",

@@ -199,6 +199,40 @@ def test_errors_are_problems_with_field_and_reason(client: TestClient) -> None:
     assert policy.status_code == 422 and policy.json()["errors"][0]["field"] == "policy"
 
 
+def test_segment_csv_cells_cannot_run_as_spreadsheet_formulas(client: TestClient) -> None:
+    """Customer ids and regions come from shops: ``=HYPERLINK(...)`` must reach Excel as text,
+    and an id that starts with a carriage return must stay one cell."""
+    key = {"X-API-Key": support.ALL_KEY}
+    rows = [{**EVENTS[0], "event_id": f"csv{i}", "order_id": f"csv-o{i}", "customer_id": cid, "region": region,
+             "amount": "30000", "occurred_at": "2025-01-02T10:00:00Z"}
+            for i, (cid, region) in enumerate([('=HYPERLINK("http://x","y")', "=cmd|' /C calc'!A0"), ("\rCR1", "US")])]
+    assert client.post("/v1/events", json=rows, headers=key).status_code == 200
+    answer = client.get("/v1/segments/gold", params={"format": "csv"}, headers=key)
+    assert answer.status_code == 200
+    import csv
+    import io
+
+    cells = {row["customer_id"]: row for row in csv.DictReader(io.StringIO(answer.text, newline=""))}
+    assert cells['\'=HYPERLINK("http://x","y")']["region"] == "'=cmd|' /C calc'!A0"
+    assert "'\rCR1" in cells  # quoted, one cell: the reader gives it back whole
+
+
+def test_channel_payloads_a_sender_would_retry_or_that_broke_the_server(client: TestClient) -> None:
+    """A Shopify test order converts to nothing: 200 (a 4xx makes Shopify retry for two days,
+    then drop the subscription). Deep nesting was a 500; an unknown time zone rejected every row."""
+    key = {"X-API-Key": support.ALL_KEY}
+    test_order = client.post("/v1/channels/shopify/orders", headers={**key, "X-Shopify-Topic": "orders/create"},
+                             json={"id": 1, "test": True, "total_price": "10.00", "currency": "USD"})
+    assert test_order.status_code == 200 and test_order.json()["results"] == []
+    assert test_order.json()["counts"] == {"accepted": 0, "duplicate": 0, "rejected": 0}
+    nested = client.post("/v1/channels/app/orders", headers={**key, "content-type": "application/json"},
+                         content=b"[" * 5000 + b"]" * 5000)
+    assert nested.status_code == 422 and nested.json()["errors"][0]["field"] == "body"
+    zone = client.post("/v1/channels/pos/orders", params={"timezone": "Mars/Olympus"},
+                       headers={**key, "content-type": "text/csv"}, content="receipt_id\n")
+    assert zone.status_code == 422 and zone.json()["errors"][0]["field"] == "timezone"
+
+
 @pytest.mark.parametrize(
     ("method", "path", "content_type"),
     [

@@ -184,6 +184,14 @@ def _assert_same_predictions(got: pd.DataFrame, want: pd.DataFrame) -> None:
             ]
 
 
+def test_a_lone_surrogate_id_in_a_predictions_batch_is_422_not_500(client: TestClient) -> None:
+    headers = {"X-API-Key": support.KEYS["predictions:read"], "content-type": "application/json"}
+    answer = client.post("/v1/predictions", content=b'{"customer_ids": ["C1", "\\ud800"]}', headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["errors"][0]["field"].startswith("customer_ids")
+    assert "unpaired surrogate" in answer.json()["errors"][0]["reason"]
+
+
 def test_batch_endpoint_reports_unknown_ids_and_answers_the_rest(
     client: TestClient, customer_ids: list[str]
 ) -> None:

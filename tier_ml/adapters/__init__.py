@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any, Protocol
+
+from tier_ml.events import AMOUNT_PATTERN
 
 RawEvent = dict[str, str | None]
 
@@ -131,9 +134,9 @@ def get_adapter(channel: str) -> Adapter:
 
 
 def event(
-    event_id: str,
+    event_id: str | None,
     event_type: str,
-    order_id: str,
+    order_id: str | None,
     customer_id: str | None,
     occurred_at: str | None,
     amount: str | None,
@@ -163,24 +166,66 @@ def text(value: Any) -> str | None:
     return rendered or None
 
 
+def ident(value: Any) -> str | None:
+    """A payload id as text: a string or an integer, else None (an object, a list, a bool
+    or a missing id is no id, and the event is then rejected as ``missing_field``)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return text(value)
+
+
+def namespaced(*parts: Any) -> str | None:
+    """``channel:kind:id`` from its parts, or None when any part is missing: a payload
+    without an id must not become the id ``shopify:order:None`` shared by every such order."""
+    texts = [ident(part) for part in parts]
+    return None if None in texts else ":".join(texts)  # type: ignore[arg-type]
+
+
+_AMOUNT_RE = re.compile(AMOUNT_PATTERN)
+#: A decimal exponent beyond this is not money (``1e10000000`` would print ten million digits).
+_LARGEST_EXPONENT = 30
+
+
 def decimal_text(value: Any) -> str | None:
     """A money value as plain decimal text, or the value as given when it is not a number
-    (validation then rejects it with a reason)."""
+    as ``tier_ml.events`` reads one (validation then rejects it with a reason)."""
     rendered = text(value)
     if rendered is None:
         return None
-    try:
-        return format(Decimal(rendered), "f")
-    except InvalidOperation:
+    if not _AMOUNT_RE.fullmatch(rendered):
+        return rendered  # "1_000", "12,50", "abc": rejected downstream, as on /v1/events
+    number = Decimal(rendered)
+    if abs(number.adjusted()) > _LARGEST_EXPONENT:
+        return rendered  # far too large (or small): validation says so without expanding it
+    return format(number, "f")
+
+
+#: ISO 4217 minor-unit exponents other than 2 (JPY has no cents, KWD has fils).
+MINOR_UNIT_EXPONENTS = {
+    **dict.fromkeys(
+        ["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI",
+         "VND", "VUV", "XAF", "XOF", "XPF"], 0),
+    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
+    **dict.fromkeys(["CLF", "UYW"], 4),
+}
+
+
+def minor_units_text(value: Any, exponent: Any = None, currency: str | None = None) -> str | None:
+    """Money in minor units as decimal text: ``1999`` USD -> ``"19.99"``, ``12000`` JPY ->
+    ``"12000"``. The exponent is the payload's, else the currency's (ISO 4217), else 2. A
+    value that is not a whole number of minor units is given back with a note, and
+    validation rejects it (``12.5`` cents is no amount)."""
+    rendered = text(value)
+    if rendered is None:
+        return None
+    if exponent is None:
+        exponent = MINOR_UNIT_EXPONENTS.get((currency or "").strip().upper(), 2)
+    if not _AMOUNT_RE.fullmatch(rendered):
         return rendered
-
-
-def minor_units_text(value: Any, exponent: Any = 2) -> str | None:
-    """Money in minor units (cents) as decimal text: ``1999, 2`` -> ``"19.99"``."""
-    rendered = text(value)
-    if rendered is None:
-        return None
     try:
-        return format(Decimal(rendered).scaleb(-int(exponent)), "f")
+        units, places = Decimal(rendered), int(exponent)
     except (InvalidOperation, ValueError, TypeError):
         return rendered
+    if units != units.to_integral_value() or abs(units.adjusted()) > _LARGEST_EXPONENT or not 0 <= places <= 8:
+        return f"{rendered} minor units"
+    return format(units.scaleb(-places), "f")

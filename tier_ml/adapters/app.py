@@ -1,6 +1,7 @@
 """The mobile app's order events, as its backend posts them (one JSON event, or a list).
 
-Shape (money in minor units with an exponent, as payment APIs send it)::
+Shape (money in minor units, as payment APIs send it; the exponent is the payload's, else
+the currency's ISO 4217 one: 2 for USD, 0 for JPY, 3 for KWD)::
 
     {"id": "evt_01H...", "type": "order.completed", "created_at": "2025-03-01T10:00:00Z",
      "data": {"order": {"id": "A-1001", "user_id": "C0001", "country": "US",
@@ -19,7 +20,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from tier_ml.adapters import AdapterContext, RawEvent, event, minor_units_text, text
+from tier_ml.adapters import (
+    AdapterContext,
+    RawEvent,
+    event,
+    ident,
+    minor_units_text,
+    namespaced,
+    text,
+)
 
 CHANNEL = "app"
 KINDS = {"order.completed": "placed", "order.refunded": "refunded", "order.cancelled": "cancelled"}
@@ -38,16 +47,17 @@ def _event(item: dict[str, Any], context: AdapterContext) -> RawEvent:
     kind = KINDS.get(kind_code, kind_code)
     money = (data.get("refund") or {}).get("amount") if kind == "refunded" else order.get("total")
     money = money or {}
+    currency = text(money.get("currency")) if money else text(order.get("currency"))
     return event(
-        event_id=f"app:{text(item.get('id'))}",
+        event_id=namespaced("app", item.get("id")),
         event_type=kind,
-        order_id=f"app:{text(order.get('id'))}",
-        customer_id=text(order.get("user_id")),
+        order_id=namespaced("app", order.get("id")),
+        customer_id=ident(order.get("user_id")),
         occurred_at=text(item.get("occurred_at") or item.get("created_at")),
         amount=None
         if kind == "cancelled"
-        else minor_units_text(money.get("value"), money.get("exponent", 2)),
-        currency=text(money.get("currency")) if money else text(order.get("currency")),
+        else minor_units_text(money.get("value"), money.get("exponent"), currency),
+        currency=currency,
         channel=CHANNEL,
         region=context.market(text(order.get("country"))),
     )

@@ -11,8 +11,9 @@ each entry has a ``type``:
 - ``CANCELLATION``: ``marketplace_order_id``, ``cancelled_date`` -> ``cancelled``.
 
 Marketplaces hide the shopper's identity unless they linked a loyalty
-account: entries without ``buyer.loyalty_id`` earn no loyalty spend and give
-no event. Refunds and cancellations carry the buyer too (feeds repeat it).
+account: orders without ``buyer.loyalty_id`` earn no loyalty spend and give
+no event. A refund or cancellation without a buyer belongs to its order's buyer
+(from the same feed, else the store); without one it is rejected, not dropped.
 Ids are namespaced ``mp:<marketplace_order_id>``.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tier_ml.adapters import AdapterContext, RawEvent, decimal_text, event, text
+from tier_ml.adapters import AdapterContext, RawEvent, decimal_text, event, ident, namespaced, text
 
 CHANNEL = "marketplace"
 
@@ -39,26 +40,42 @@ def to_events(payload: Any, context: AdapterContext = AdapterContext()) -> list[
     if entries and not any("type" in entry for entry in entries):
         # e.g. canonical events sent with the wrong --channel: say so rather than "0 events"
         raise ValueError("no entry has a type (ORDER, REFUND or CANCELLATION): not a marketplace feed")
+    buyers = {  # the loyalty ids of this feed's orders, for its refunds and cancellations
+        _order(entry): buyer for entry in entries
+        if (text(entry.get("type")) or "").upper() == "ORDER" and (buyer := _buyer(entry)) is not None
+    }
     events = []
     for entry in entries:
-        converted = _entry(entry, context)
+        converted = _entry(entry, context, buyers)
         if converted is not None:
             events.append(converted)
     return events
 
 
-def _entry(entry: dict[str, Any], context: AdapterContext) -> RawEvent | None:
-    buyer = entry.get("buyer") or {}
-    customer = text(buyer.get("loyalty_id"))
-    if customer is None:
-        return None
+def _order(entry: dict[str, Any]) -> str | None:
+    return namespaced("mp", entry.get("marketplace_order_id"))
+
+
+def _buyer(entry: dict[str, Any]) -> str | None:
+    return ident((entry.get("buyer") or {}).get("loyalty_id"))
+
+
+def _entry(entry: dict[str, Any], context: AdapterContext, buyers: dict[str | None, str]) -> RawEvent | None:
+    """The event of one entry. An order without a linked buyer earns no loyalty spend (no
+    event); a refund or cancellation without one belongs to the buyer of its order, from
+    this feed or the store, and without either is rejected (``customer_id`` missing)."""
     kind = (text(entry.get("type")) or "").upper()
-    order = f"mp:{text(entry.get('marketplace_order_id'))}"
-    region = context.market(text(buyer.get("country")))
+    order = _order(entry)
+    customer = _buyer(entry)
+    if customer is None and kind == "ORDER":
+        return None
+    if customer is None and order is not None:
+        customer = buyers.get(order) or context.customer_of_order(order)
+    region = context.market(text((entry.get("buyer") or {}).get("country")))
     if kind == "ORDER":
         total = entry.get("order_total") or {}
         return event(
-            f"mp:order:{text(entry.get('marketplace_order_id'))}",
+            namespaced("mp", "order", entry.get("marketplace_order_id")),
             "placed",
             order,
             customer,
@@ -71,7 +88,7 @@ def _entry(entry: dict[str, Any], context: AdapterContext) -> RawEvent | None:
     if kind == "REFUND":
         total = entry.get("refund_total") or {}
         return event(
-            f"mp:refund:{text(entry.get('refund_id'))}",
+            namespaced("mp", "refund", entry.get("refund_id")),
             "refunded",
             order,
             customer,
@@ -83,7 +100,7 @@ def _entry(entry: dict[str, Any], context: AdapterContext) -> RawEvent | None:
         )
     if kind == "CANCELLATION":
         return event(
-            f"mp:cancel:{text(entry.get('marketplace_order_id'))}",
+            namespaced("mp", "cancel", entry.get("marketplace_order_id")),
             "cancelled",
             order,
             customer,
@@ -94,7 +111,7 @@ def _entry(entry: dict[str, Any], context: AdapterContext) -> RawEvent | None:
             region,
         )
     return event(
-        f"mp:{kind.lower()}:{text(entry.get('marketplace_order_id'))}",
+        namespaced("mp", kind.lower() or "entry", entry.get("marketplace_order_id")),
         kind.lower(),  # rejected downstream as unknown_event_type, with the row kept for review
         order,
         customer,

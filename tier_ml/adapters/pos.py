@@ -2,12 +2,15 @@
 
 Columns (header names as the till exports them; extra columns are ignored)::
 
-    receipt_id,store_id,country,store_timezone,business_date,time,loyalty_id,transaction_type,total,currency,original_receipt_id
+    receipt_id,store_id,country,store_timezone,business_date,time,loyalty_id,transaction_type,total,currency,original_receipt_id,original_store_id
 
-- ``SALE`` -> ``placed`` (order ``pos:<receipt_id>``), amount ``total``;
-- ``RETURN`` -> ``refunded`` of ``original_receipt_id``; tills write returns
-  with a negative total, the refund amount is its absolute value;
-- ``VOID`` -> ``cancelled`` of ``original_receipt_id``.
+- ``SALE`` -> ``placed`` (order ``pos:<store_id>:<receipt_id>``: stores number their
+  receipts on their own), amount ``total``;
+- ``RETURN`` -> ``refunded`` of ``original_receipt_id`` (at ``original_store_id``, else
+  the same store); tills write returns with a negative total, the refund amount is its
+  absolute value; a return without a ``loyalty_id`` belongs to the sale's customer;
+- ``VOID`` -> ``cancelled`` of ``original_receipt_id``;
+- till operations (``NO_SALE``, ``PAYIN``, ``PAYOUT``) are no orders and give no event.
 
 Times are the store's local wall-clock time without an offset
 (``business_date`` + ``time``), interpreted in the row's ``store_timezone``
@@ -22,17 +25,18 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tier_ml.adapters import AdapterContext, RawEvent, event, text
+from tier_ml.adapters import AdapterContext, RawEvent, decimal_text, event, namespaced, text
 
 CHANNEL = "pos"
 KINDS = {"SALE": "placed", "RETURN": "refunded", "VOID": "cancelled"}
 #: Without these a row has no customer or no identity, so another file would be read as
 #: nothing but anonymous sales (or one replayed receipt) and silently vanish.
 REQUIRED_COLUMNS = ("receipt_id", "loyalty_id", "transaction_type", "business_date")
+#: Till operations that are no order: no event (not a reject either).
+TILL_OPERATIONS = frozenset({"NO_SALE", "NOSALE", "PAYIN", "PAY_IN", "PAID_IN", "PAYOUT", "PAY_OUT", "PAID_OUT"})
 
 
 def to_events(payload: Any, context: AdapterContext = AdapterContext()) -> list[RawEvent]:
@@ -57,17 +61,25 @@ def to_events(payload: Any, context: AdapterContext = AdapterContext()) -> list[
 
 
 def _row(row: dict[str, Any], context: AdapterContext) -> RawEvent | None:
-    customer = text(row.get("loyalty_id"))
-    if customer is None:
-        return None  # an anonymous sale earns no loyalty spend
     kind_code = (text(row.get("transaction_type")) or "").upper()
+    if kind_code in TILL_OPERATIONS:
+        return None  # opening the drawer or paying in cash is no order
     kind = KINDS.get(kind_code, kind_code.lower() or None)
+    store = text(row.get("store_id"))
     receipt = text(row.get("receipt_id"))
-    order = receipt if kind == "placed" else text(row.get("original_receipt_id"))
+    if kind == "placed":
+        order = namespaced("pos", store, receipt)
+    else:  # a return or void names the sale's receipt, at its store (this one unless said)
+        order = namespaced("pos", text(row.get("original_store_id")) or store, text(row.get("original_receipt_id")))
+    customer = text(row.get("loyalty_id"))
+    if customer is None and kind != "placed" and order is not None:
+        customer = context.customer_of_order(order)  # the sale's loyalty customer
+    if customer is None and kind == "placed":
+        return None  # an anonymous sale earns no loyalty spend
     return event(
-        event_id=f"pos:{text(row.get('store_id'))}:{receipt}",
+        event_id=namespaced("pos", store, receipt),
         event_type=kind or "",
-        order_id=f"pos:{order}" if order else "",
+        order_id=order,
         customer_id=customer,
         occurred_at=_local_instant(row, text(row.get("store_timezone")) or context.timezone),
         amount=None if kind == "cancelled" else _amount(row.get("total"), kind),
@@ -91,11 +103,8 @@ def _local_instant(row: dict[str, Any], zone_name: str) -> str | None:
 
 
 def _amount(value: Any, kind: str | None) -> str | None:
-    rendered = text(value)
-    if rendered is None:
-        return None
-    try:
-        amount = Decimal(rendered)
-    except InvalidOperation:
+    """The total as decimal text (``decimal_text``); a return's without its minus sign."""
+    rendered = decimal_text(value)
+    if rendered is None or kind != "refunded":
         return rendered
-    return format(abs(amount) if kind == "refunded" else amount, "f")
+    return rendered[1:] if rendered.startswith("-") else rendered

@@ -24,7 +24,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from tier_ml.adapters import AdapterContext, RawEvent, decimal_text, event, text
+from tier_ml.adapters import AdapterContext, RawEvent, decimal_text, event, ident, namespaced, text
 
 CHANNEL = "shopify"
 TOPICS = ("orders/create", "orders/cancelled", "refunds/create")
@@ -40,7 +40,7 @@ def to_events(payload: Any, context: AdapterContext = AdapterContext()) -> list[
         raise ValueError(
             f"a Shopify webhook payload is a JSON object, not {type(payload).__name__}"
         )
-    topic = topic or _infer_topic(payload)
+    topic = (topic or "").strip().lower() or _infer_topic(payload)  # headers may come in capitals
     if topic == "refunds/create":
         return [_refund(payload, context)]
     if payload.get("test"):
@@ -58,8 +58,8 @@ def _infer_topic(payload: dict[str, Any]) -> str:
     return "orders/cancelled" if payload.get("cancelled_at") else "orders/create"
 
 
-def order_id(shopify_order_id: Any) -> str:
-    return f"shopify:{text(shopify_order_id)}"
+def order_id(shopify_order_id: Any) -> str | None:
+    return namespaced("shopify", shopify_order_id)
 
 
 def _channel(order: dict[str, Any]) -> str:
@@ -79,12 +79,12 @@ def _region(order: dict[str, Any], context: AdapterContext) -> str | None:
 
 def _customer(order: dict[str, Any]) -> str | None:
     customer = order.get("customer") or {}
-    return text(customer.get("id"))
+    return ident(customer.get("id"))
 
 
 def _placed(order: dict[str, Any], context: AdapterContext) -> RawEvent:
     return event(
-        event_id=f"shopify:order:{text(order.get('id'))}:placed",
+        event_id=namespaced("shopify", "order", order.get("id"), "placed"),
         event_type="placed",
         order_id=order_id(order.get("id")),
         customer_id=_customer(order),
@@ -98,7 +98,7 @@ def _placed(order: dict[str, Any], context: AdapterContext) -> RawEvent:
 
 def _cancelled(order: dict[str, Any], context: AdapterContext) -> RawEvent:
     return event(
-        event_id=f"shopify:order:{text(order.get('id'))}:cancelled",
+        event_id=namespaced("shopify", "order", order.get("id"), "cancelled"),
         event_type="cancelled",
         order_id=order_id(order.get("id")),
         customer_id=_customer(order),
@@ -114,10 +114,10 @@ def _refund(refund: dict[str, Any], context: AdapterContext) -> RawEvent:
     order = order_id(refund.get("order_id"))
     amount, currency = _refunded_amount(refund)
     return event(
-        event_id=f"shopify:refund:{text(refund.get('id'))}",
+        event_id=namespaced("shopify", "refund", refund.get("id")),
         event_type="refunded",
         order_id=order,
-        customer_id=context.customer_of_order(order),
+        customer_id=context.customer_of_order(order) if order else None,
         occurred_at=text(refund.get("created_at")),
         amount=amount,
         currency=currency,
@@ -134,10 +134,11 @@ def _refunded_amount(refund: dict[str, Any]) -> tuple[str | None, str | None]:
     for transaction in refund.get("transactions") or []:
         if transaction.get("kind") != "refund" or transaction.get("status") != "success":
             continue
+        amount = decimal_text(transaction.get("amount"))
         try:
-            total += Decimal(str(transaction.get("amount")))
-        except InvalidOperation:
-            return text(transaction.get("amount")), text(transaction.get("currency"))
+            total += Decimal(amount or "")
+        except InvalidOperation:  # not a number: validation rejects it, naming it
+            return amount, text(transaction.get("currency"))
         currency = currency or text(transaction.get("currency"))
         found = True
     return (format(total, "f") if found else None), currency
