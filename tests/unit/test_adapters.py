@@ -167,6 +167,9 @@ def test_pos_receipt_numbers_are_per_store_and_a_return_finds_its_sale() -> None
         ("refunded", "pos:BERLIN:4711", "L-100", "10.00"),
         ("refunded", "pos:BERLIN:4711", "L-200", "5.00"),  # returned at another store
     ]
+    one_shop = get_adapter("pos")("receipt_id,business_date,loyalty_id,transaction_type,total,currency\n"
+                                  "7,2026-11-10,L-1,SALE,5.00,EUR\n")
+    assert [(e["event_id"], e["order_id"]) for e in one_shop] == [("pos:7", "pos:7")]  # no store column
 
 
 def test_a_marketplace_refund_without_a_buyer_belongs_to_its_order() -> None:

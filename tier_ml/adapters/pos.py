@@ -68,16 +68,16 @@ def _row(row: dict[str, Any], context: AdapterContext) -> RawEvent | None:
     store = text(row.get("store_id"))
     receipt = text(row.get("receipt_id"))
     if kind == "placed":
-        order = namespaced("pos", store, receipt)
+        order = _receipt_id(store, receipt)
     else:  # a return or void names the sale's receipt, at its store (this one unless said)
-        order = namespaced("pos", text(row.get("original_store_id")) or store, text(row.get("original_receipt_id")))
+        order = _receipt_id(text(row.get("original_store_id")) or store, text(row.get("original_receipt_id")))
     customer = text(row.get("loyalty_id"))
     if customer is None and kind != "placed" and order is not None:
         customer = context.customer_of_order(order)  # the sale's loyalty customer
     if customer is None and kind == "placed":
         return None  # an anonymous sale earns no loyalty spend
     return event(
-        event_id=namespaced("pos", store, receipt),
+        event_id=_receipt_id(store, receipt),
         event_type=kind or "",
         order_id=order,
         customer_id=customer,
@@ -87,6 +87,11 @@ def _row(row: dict[str, Any], context: AdapterContext) -> RawEvent | None:
         channel=CHANNEL,
         region=context.market(text(row.get("country"))),
     )
+
+
+def _receipt_id(store: str | None, receipt: str | None) -> str | None:
+    """``pos:<store>:<receipt>``; ``pos:<receipt>`` for an export without stores (one shop)."""
+    return namespaced("pos", store, receipt) if store else namespaced("pos", receipt)
 
 
 def _local_instant(row: dict[str, Any], zone_name: str) -> str | None:
