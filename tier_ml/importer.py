@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -218,6 +219,11 @@ def _field_name(column: str) -> str:
     return re.sub(r"[\s\-]+", "_", column.strip()).lower()
 
 
+def _no_such_column(option: str, columns: Iterable[object]) -> ExportError:
+    """The error for an option naming a column the export does not have (listing those it has)."""
+    return ExportError(f"{option}: no such column; the export has {[str(c) for c in columns]}")
+
+
 def resolve_mapping(columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
     """Check a mapping against the export's columns; add fields named like a column (in any
     case, with spaces or dashes for underscores, when one column alone is named so; the
@@ -228,7 +234,7 @@ def resolve_mapping(columns: list[str], mapping: dict[str, str]) -> dict[str, st
     missing = {name: column for name, column in mapping.items() if column not in columns}
     if missing:
         pairs = ", ".join(f"{name}={column}" for name, column in missing.items())
-        raise ExportError(f"--map {pairs}: no such column; the export has {columns}")
+        raise _no_such_column(f"--map {pairs}", columns)
     resolved = dict(mapping)
     taken = set(mapping.values())
     for name in EVENT_FIELDS:
@@ -502,10 +508,7 @@ def _returns(frame: pd.DataFrame, options: ImportOptions) -> pd.Series:
     if options.return_column is None:
         return pd.Series(False, index=frame.index)
     if options.return_column not in frame.columns:
-        raise ExportError(
-            f"--return-column {options.return_column}: no such column; "
-            f"the export has {list(frame.columns)}"
-        )
+        raise _no_such_column(f"--return-column {options.return_column}", frame.columns)
     wanted = {value.strip().lower() for value in options.return_values}
     return _text(frame[options.return_column]).str.lower().isin(wanted)
 
@@ -587,7 +590,7 @@ def convert(
     if options.lines and "order_id" not in mapping:
         raise ExportError("--lines needs the column of order ids: map it with --map order_id=COLUMN")
     if options.quantity is not None and options.quantity not in frame.columns:
-        raise ExportError(f"--quantity {options.quantity}: no such column; the export has {list(frame.columns)}")
+        raise _no_such_column(f"--quantity {options.quantity}", frame.columns)
     skipped = _skipped(frame, options.skip)
     source = frame  # as read, for the rejects file
     if options.lines:
@@ -674,7 +677,7 @@ def _skipped(frame: pd.DataFrame, skip: tuple[tuple[str, str], ...]) -> pd.Serie
     out = pd.Series(False, index=frame.index)
     for column, value in skip:
         if column not in frame.columns:
-            raise ExportError(f"--skip {column}={value}: no such column; the export has {list(frame.columns)}")
+            raise _no_such_column(f"--skip {column}={value}", frame.columns)
         out |= _text(frame[column]).str.casefold() == value.strip().casefold()
     return out
 

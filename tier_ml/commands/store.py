@@ -183,13 +183,15 @@ def _write_frame(frame: pd.DataFrame, out: Path | None, fmt: str) -> None:
 
 
 def _format_of(out: Path | None, given: str | None) -> str:
+    """The export format: ``--format``, else by the file's suffix as ``classify`` decides it."""
+    from tier_ml.batch import JSON_LINES_SUFFIXES, PARQUET_SUFFIXES
+
     if given:
         return given
-    if out is not None and out.suffix.lower() in {".parquet", ".pq"}:
+    suffix = "" if out is None else out.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
         return "parquet"
-    if out is not None and out.suffix.lower() in {".jsonl", ".ndjson", ".json"}:
-        return "jsonl"
-    return "csv"
+    return "jsonl" if suffix in JSON_LINES_SUFFIXES else "csv"
 
 
 # --- ingest, sweep, worker ----------------------------------------------------------------------
